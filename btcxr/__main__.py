@@ -1,0 +1,5 @@
+import sys
+
+from btcxr.cli import main
+
+sys.exit(main())

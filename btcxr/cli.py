@@ -1,0 +1,62 @@
+"""The `btcxr` command-line program: a thin argparse front over the library's functions."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from btcxr import __version__
+from btcxr.errors import BtcxrError
+from btcxr.logs import setup_logging
+
+# Subcommand name -> module in btcxr.commands, in the order of the pipeline.
+COMMANDS = ["synth", "prepare", "pretrain", "probe", "finetune", "evaluate", "predict", "explain", "reproduce",
+            "demo"]
+
+log = logging.getLogger("btcxr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="btcxr",
+        description="BarlowTwins-CXR: pre-train, fine-tune, evaluate and explain chest X-ray detectors.",
+        epilog="Run `btcxr COMMAND --help` for the options and examples of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"btcxr {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1, default=0,
+                           help="debug logging")
+    verbosity.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1,
+                           help="warnings and errors only, no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"btcxr.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command not built yet must not break the others
+            if exc.name != f"btcxr.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbosity)
+    try:
+        result = args.func(args)
+    except BtcxrError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

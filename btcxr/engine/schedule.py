@@ -1,0 +1,22 @@
+"""Per-iteration learning-rate schedules computed up front (as in DINO): linear warm-up, then cosine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def warmup_cosine(peak: float, total_steps: int, warmup_steps: int, final: float,
+                  warmup_start: float = 0.0) -> np.ndarray:
+    """Learning rate for every step: linear from `warmup_start` to `peak` over `warmup_steps`, then a
+    cosine from `peak` down to `final` at the last step."""
+    if total_steps <= 0:
+        raise ValueError("total_steps must be positive")
+    warmup_steps = min(warmup_steps, total_steps)
+    warm = np.linspace(warmup_start, peak, warmup_steps, endpoint=False) if warmup_steps else np.empty(0)
+    rest = total_steps - warmup_steps
+    steps = np.arange(rest)
+    denom = max(rest - 1, 1)
+    cos = final + 0.5 * (peak - final) * (1 + np.cos(math.pi * steps / denom))
+    return np.concatenate([warm, cos])
