@@ -1,0 +1,49 @@
+"""Shared fixtures: the real NIH and VinDr annotation files shipped inside the torchxrayvision wheel.
+
+The session-scoped tables are read once per test session; tests must not modify them (copy first).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """torchxrayvision's data folder: Data_Entry_2017_v2020.csv.gz, BBox_List_2017.csv.gz, vinbigdata-train.csv.gz."""
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("torchxrayvision (test extra) is not installed: the real annotation files are unavailable")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+@pytest.fixture(scope="session")
+def vindr_train_csv(real_data_dir: Path) -> Path:
+    """The real Kaggle VinDr-CXR train.csv (gzipped)."""
+    return real_data_dir / "vinbigdata-train.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def vindr_real(vindr_train_csv: Path) -> pd.DataFrame:
+    """The real VinDr train.csv read through btcxr (67,914 rows). Read-only."""
+    from btcxr.data.vindr import read_kaggle_train_csv
+
+    return read_kaggle_train_csv(vindr_train_csv)
+
+
+@pytest.fixture(scope="session")
+def nih_data_entry_csv(real_data_dir: Path) -> Path:
+    """The real NIH Data_Entry_2017_v2020.csv (gzipped)."""
+    return real_data_dir / "Data_Entry_2017_v2020.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def nih_real(nih_data_entry_csv: Path) -> pd.DataFrame:
+    """The real NIH index read through btcxr (112,120 rows). Read-only."""
+    from btcxr.data.nih import read_data_entry
+
+    return read_data_entry(nih_data_entry_csv)
