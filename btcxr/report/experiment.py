@@ -1,0 +1,118 @@
+"""Experiment files for `btcxr reproduce`: what to compare, and the grid of runs that compares it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from btcxr.config import load_config
+from btcxr.errors import BtcxrError
+
+
+@dataclass
+class SyntheticData:
+    n_vindr: int = 400
+    n_nih: int = 400
+    size: int = 512          # side of the generated radiographs (original frame)
+    seed: int = 0
+    normal_fraction: float = 0.7  # share of VinDr images without findings (VinDr: about 70 %)
+
+
+@dataclass
+class DataSection:
+    synthetic: SyntheticData | None = None   # generate data instead of reading real datasets
+    vindr_root: str | None = None            # raw datasets, prepared into <out>/cache on first use
+    nih_root: str | None = None
+    vindr_cache: str | None = None           # or caches prepared earlier with `btcxr prepare`
+    nih_cache: str | None = None
+    cache_size: int = 640                    # longest side of cached images
+    pretrain_size: int = 224                 # NIH cache for pre-training and the probe
+
+
+@dataclass
+class StageSection:
+    config: str = ""                         # YAML of the stage (configs/...), relative to the experiment file
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PretrainSection(StageSection):
+    backbone: str | None = None              # an existing backbone.pth: skip pre-training
+
+
+@dataclass
+class LocalisationSection:
+    enabled: bool = True
+    max_images: int = 50
+    layer: str = "layer3"
+    inits: list[str] = field(default_factory=lambda: ["imagenet", "btcxr"])
+
+
+@dataclass
+class ProbeSection(StageSection):
+    enabled: bool = True
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    mode: str = "freeze"
+
+
+@dataclass
+class Experiment:
+    name: str = "experiment"
+    data: DataSection = field(default_factory=DataSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    finetune: StageSection = field(default_factory=StageSection)
+    # init name -> "imagenet" | "random" | "btcxr" (our pre-training) | a backbone file
+    inits: dict[str, str] = field(default_factory=lambda: {"imagenet": "imagenet", "btcxr": "btcxr",
+                                                           "random": "random"})
+    baseline: str = "imagenet"
+    imagenet_fallback: str | None = None     # e.g. "random" when ImageNet weights cannot be loaded
+    imagenet_weights_file: str | None = None
+    sizes: list[int] = field(default_factory=lambda: [640])
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    detection: bool = True
+    localisation: LocalisationSection = field(default_factory=LocalisationSection)
+    probe: ProbeSection = field(default_factory=ProbeSection)
+    cam_examples: int = 3                    # test images shown in the report's CAM grid
+
+
+def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    exp = load_config(Experiment, path, overrides)
+    if exp.baseline not in exp.inits:
+        raise BtcxrError(f"{path}: baseline {exp.baseline!r} is not one of the inits ({', '.join(exp.inits)})")
+    if not exp.seeds or not exp.fractions or not exp.sizes:
+        raise BtcxrError(f"{path}: seeds, fractions and sizes must each list at least one value")
+    if not any(f > 0 for f in exp.fractions) or any(not 0 < f <= 1 for f in exp.fractions):
+        raise BtcxrError(f"{path}: fractions must lie in (0, 1], got {exp.fractions}")
+    return exp
+
+
+@dataclass(frozen=True)
+class DetectionRun:
+    init: str
+    size: int
+    fraction: float
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        return f"det_{self.init}_s{self.size}_f{self.fraction:g}_seed{self.seed}"
+
+
+def detection_grid(exp: Experiment) -> list[DetectionRun]:
+    return [DetectionRun(init, size, fraction, seed)
+            for size in exp.sizes for fraction in exp.fractions for seed in exp.seeds for init in exp.inits]
+
+
+def shard(items: list, index: int, count: int) -> list:
+    """The share of `items` that shard `index` of `count` runs (round robin, stable across launches)."""
+    if count < 1 or not 0 <= index < count:
+        raise BtcxrError(f"shard {index}/{count} is invalid: use 0 <= index < count")
+    return [item for i, item in enumerate(items) if i % count == index]
+
+
+def fingerprint(obj) -> str:
+    """Short stable hash of settings, to tell a finished run from one made with other settings."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
