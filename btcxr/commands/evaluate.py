@@ -15,6 +15,10 @@ GT images without predictions count as images where nothing was detected.
 Writes OUT/metrics.json (map50 = COCO AP at IoU 0.5, the paper's mAP50, with a bootstrap interval over
 images; map = COCO AP 0.50:0.95; map50_voc; kaggle_map40 = the competition score; per-class APs; counts),
 OUT/per_class.csv, OUT/per_class.md and OUT/pr_curves.png.
+
+Checkpoint mode (--checkpoint CKPT --cache CACHE [--split test]), instead of --pred/--gt: run a detector
+written by `btcxr finetune` on a part of a VinDr cache at its size setting, write OUT/predictions.csv
+(original pixels) and score it against the cache's annotations.csv as above.
 """
 
 EPILOG = """\
@@ -22,6 +26,7 @@ examples:
   btcxr evaluate --pred runs/ft/predictions.csv --gt cache/vindr/annotations.csv --out runs/ft/eval
   btcxr evaluate --pred submission.csv --gt vinbigdata/train.csv --fusion wbf --iou-thr 0.4 --out eval_kaggle
   btcxr evaluate --pred predictions.csv --gt annotations.csv --out eval --bootstrap 2000 --seed 1 --lenient
+  btcxr evaluate --checkpoint runs/finetune/bt-640-s0/best.pt --cache cache/vindr-640 --split test --out eval_bt
 """
 
 
@@ -34,11 +39,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     files = parser.add_argument_group("files")
-    files.add_argument("--pred", required=True, metavar="PRED.csv",
+    files.add_argument("--pred", metavar="PRED.csv",
                        help="predictions.csv or a Kaggle submission (told apart by the header)")
-    files.add_argument("--gt", required=True, metavar="GT.csv",
+    files.add_argument("--gt", metavar="GT.csv",
                        help="annotations.csv of a cache, or a raw Kaggle train.csv / PhysioNet annotations file")
     files.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    model = parser.add_argument_group("a fine-tuned detector on a cache part (instead of --pred and --gt)")
+    model.add_argument("--checkpoint", metavar="CKPT", help="best.pt / last.pt written by `btcxr finetune`")
+    model.add_argument("--cache", metavar="CACHE", help="VinDr cache (`btcxr prepare vindr`)")
+    model.add_argument("--split", default="test", help="cache part to score (default: test)")
+    model.add_argument("--include-negatives", choices=["auto", "yes", "no"], default="auto",
+                       help="score the part's all-normal images too (auto: as the run was validated)")
+    model.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
+    model.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    model.add_argument("--workers", type=int, default=2, help="image-loading processes (default: 2)")
     fusion = parser.add_argument_group("fusion of raw reader annotations (ignored for annotations.csv)")
     fusion.add_argument("--fusion", default="wbf", help="wbf, nms, union or reader:R8 (default: wbf)")
     fusion.add_argument("--iou-thr", type=float, default=0.4, help="fusion IoU threshold (default: 0.4)")
@@ -62,6 +76,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise BtcxrError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.checkpoint:
+        if not args.cache or args.pred or args.gt:
+            raise BtcxrError("--checkpoint needs --cache, and takes neither --pred nor --gt")
+        from btcxr.detect.engine import evaluate_checkpoint
+
+        evaluate_checkpoint(args.checkpoint, args.cache, args.split, args.out, device=args.device,
+                            batch_size=args.batch_size, workers=args.workers, bootstrap=args.bootstrap,
+                            seed=args.seed, include_negatives={"auto": None, "yes": True, "no": False}[
+                                args.include_negatives])
+        return 0
+    if not args.pred or not args.gt:
+        raise BtcxrError("give --pred and --gt (files), or --checkpoint and --cache (a detector on a cache part)")
     evaluate_files(args.pred, args.gt, args.out, fusion=args.fusion, iou_thr=args.iou_thr,
                    skip_box_thr=args.skip_box_thr, bootstrap=args.bootstrap, seed=args.seed,
                    no_finding_rule=args.no_finding_rule, lenient=args.lenient)

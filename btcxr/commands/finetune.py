@@ -1,0 +1,103 @@
+"""`btcxr finetune`: Faster R-CNN + FPN fine-tuning on VinDr-CXR from any backbone."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Fine-tune torchvision's Faster R-CNN + FPN (ResNet backbone, 14 VinDr finding classes) on a VinDr cache
+made by `btcxr prepare vindr`. The backbone starts from ImageNet weights, random weights, our pre-training
+(backbone.pth or its checkpoint) or the original Barlow Twins / BarlowTwins-CXR checkpoint files.
+Validation AP50 (COCO AP at IoU 0.5, original pixels) every epoch keeps the best epoch as best.pt, which
+is then scored once on the test part. Under torchrun every rank runs this same command.
+"""
+
+EXAMPLES = """\
+examples:
+  # the paper's recipe at 640 px from our pre-trained backbone
+  btcxr finetune --config configs/finetune/paper_640.yaml data.cache=cache/vindr-640 \\
+      --backbone runs/pretrain/backbone.pth --out runs/finetune/bt-640-s0
+
+  # ImageNet baseline (V1 weights, as the paper) on an offline machine, 10 % of the labels, seed 1
+  btcxr finetune --config configs/finetune/paper_640.yaml data.cache=cache/vindr-640 data.fraction=0.1 \\
+      --backbone imagenet --init-weights ~/weights/resnet50-0676ba61.pth --seed 1
+
+  # 4 GPUs, global batch 32 (8 a GPU), bf16
+  torchrun --nproc_per_node 4 -m btcxr finetune --config configs/finetune/paper_640.yaml \\
+      data.cache=cache/vindr-640 --backbone runs/pretrain/backbone.pth --out runs/finetune/bt-640-ddp
+
+  # a minute on a laptop CPU: synthetic data, resnet18 at 128 px
+  btcxr synth --out synth --layout vindr-kaggle --n 120 --size 256 --seed 0
+  btcxr prepare vindr --root synth/vindr-kaggle --out cache/vindr-demo --size 128
+  btcxr finetune --config configs/finetune/demo.yaml data.cache=cache/vindr-demo --out runs/finetune/demo
+
+  # continue an interrupted run (a run folder holding last.pt is also resumed without --resume)
+  btcxr finetune --config configs/finetune/paper_640.yaml data.cache=cache/vindr-640 \\
+      --out runs/finetune/bt-640-s0 --resume
+
+The run directory gets config.yaml (resolved), metrics.jsonl and tb/ (losses, lr, images/s, val AP50),
+last.pt, best.pt, test_predictions.csv, test_metrics.json and test/ (per-class table, PR curves).
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune Faster R-CNN + FPN on VinDr-CXR (best epoch by val AP50)",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file (configs/finetune/paper_640.yaml, paper_224.yaml, demo.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. data.cache=cache/vindr-640 data.fraction=0.1 model.size=1024")
+    parser.add_argument("--backbone", metavar="{imagenet,random,PATH}",
+                        help="backbone init (sets model.init): ImageNet weights, random, or a file (backbone.pth, "
+                             "a pre-training checkpoint, Barlow Twins resnet50.pth / checkpoint.pth)")
+    parser.add_argument("--init-weights", metavar="FILE",
+                        help="ImageNet weights file for --backbone imagenet on machines without internet "
+                             "(sets model.weights_file)")
+    parser.add_argument("--seed", type=int, help="run seed (sets train.seed)")
+    parser.add_argument("--out", metavar="RUN_DIR",
+                        help="run directory (default: runs/finetune/<init>-<size>-f<fraction>-s<seed>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last.pt (an error when there is none)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from btcxr.config import load_config
+    from btcxr.detect.config import FinetuneConfig
+    from btcxr.detect.train import finetune
+
+    overrides = list(args.overrides)
+    if args.backbone:
+        overrides.append(f"model.init={args.backbone}")
+    if args.init_weights:
+        overrides.append(f"model.weights_file={args.init_weights}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    cfg = load_config(FinetuneConfig, args.config, overrides)
+    out = Path(args.out or _default_out(cfg))
+    best = finetune(cfg, out, resume=args.resume)
+    test = out / "test_metrics.json"
+    if os.environ.get("RANK", "0") != "0":  # torchrun: the main rank reports
+        return 0
+    if test.exists():
+        metrics = json.loads(test.read_text(encoding="utf-8"))
+        print(f"best checkpoint: {best}\ntest mAP50: {metrics.get('map50')}  (details: {test})")
+    else:
+        print(f"best checkpoint: {best}")
+    return 0
+
+
+def _default_out(cfg) -> str:
+    from pathlib import Path
+
+    init = cfg.model.init
+    name = init if init in ("imagenet", "random") else f"{Path(init).parent.name}_{Path(init).stem}".lstrip("_")
+    return f"runs/finetune/{name}-{cfg.model.size}-f{cfg.data.fraction:g}-s{cfg.train.seed}"

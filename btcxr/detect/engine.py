@@ -1,0 +1,269 @@
+"""One training epoch and prediction over a loader (torchvision references/detection/engine.py in spirit).
+
+Predictions leave this module as a predictions frame (btcxr.detect.predictions.PREDICTION_COLUMNS) in the
+pixels of the ORIGINAL radiographs: the model answers in the frame of its input, which maps back with the
+ratio of the longest sides (btcxr.detect.transforms.to_original_frame).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from btcxr.data.classes import NO_FINDING_ID
+from btcxr.detect.predictions import BOX_COLUMNS, PREDICTION_COLUMNS, check_predictions
+from btcxr.detect.transforms import to_original_frame
+from btcxr.engine.distributed import DistEnv, mean_over_ranks
+from btcxr.engine.runlog import MetricsLog
+from btcxr.errors import BtcxrError
+from btcxr.logs import progress_disabled
+
+log = logging.getLogger(__name__)
+
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> CUDA when present, else the CPU; "cuda" without a GPU is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BtcxrError(f"--device {device}: no CUDA GPU is available here (use --device cpu or auto)")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise BtcxrError(f"--device {device!r} is not a device name (auto, cpu, cuda, cuda:1)") from exc
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Detection batches stay lists: images differ in size (the model pads them)."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def amp_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """Autocast on CUDA for amp 'bf16' / 'fp16'; the CPU always runs float32."""
+    if device.type != "cuda" or amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def model_targets(images: Sequence[torch.Tensor], targets: Sequence[dict], device: torch.device) -> list[dict]:
+    """Dataset targets -> what torchvision's detector trains on: boxes clipped to the image, boxes without
+    area dropped (torchvision refuses them), labels shifted by one (0 is the background)."""
+    out = []
+    for image, target in zip(images, targets):
+        h, w = image.shape[-2:]
+        boxes = target["boxes"].to(torch.float32).reshape(-1, 4).clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        out.append({"boxes": boxes[keep].to(device, non_blocking=True),
+                    "labels": (target["labels"].to(torch.int64)[keep] + 1).to(device, non_blocking=True)})
+    return out
+
+
+def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable,
+                    lr_values: np.ndarray, step: int, *, env: DistEnv, amp: str = "none",
+                    scaler: torch.amp.GradScaler | None = None, clip_grad: float | None = None,
+                    metrics: MetricsLog | None = None, log_every: int = 20, epoch: int = 0,
+                    max_steps: int | None = None) -> tuple[int, dict[str, float]]:
+    """Train for one pass over `loader`, setting the learning rate of every step from `lr_values[step]`.
+
+    Returns (next global step, mean of each loss and the throughput over the epoch, averaged over ranks).
+    `max_steps` cuts the epoch short (benchmarks).
+    """
+    model.train()
+    device = env.device
+    sums = dict.fromkeys(("loss", *LOSS_KEYS), 0.0)
+    n_iter, n_images = 0, 0
+    start = window_start = time.perf_counter()
+    window_images = 0
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
+               disable=progress_disabled() or not env.is_main)
+    for images, targets in bar:
+        lr = float(lr_values[min(step, len(lr_values) - 1)])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = [img.to(device, non_blocking=True) for img in images]
+        tgts = model_targets(images, targets, device)
+        with amp_context(device, amp):
+            loss_dict = model(images, tgts)
+        loss = sum(loss_dict.values())
+        if not torch.isfinite(loss):
+            raise BtcxrError(f"training loss is {loss.item()} at step {step} (epoch {epoch + 1}): "
+                             f"{ {k: round(float(v.detach()), 4) for k, v in loss_dict.items()} }; lower optim.lr, "
+                             "use train.amp=none or check the boxes of the cache")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            if clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+
+        values = {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in loss_dict.items()}
+        for key in sums:
+            sums[key] += values.get(key, 0.0)
+        n_iter += 1
+        n_images += len(images)
+        window_images += len(images)
+        step += 1
+        bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
+        if step % log_every == 0:
+            now = time.perf_counter()
+            ips = window_images * env.world_size / max(now - window_start, 1e-9)
+            window_start, window_images = now, 0
+            logged = {k: mean_over_ranks(v, env) for k, v in values.items()}
+            if metrics is not None:
+                metrics.log(step, "train", epoch=epoch + 1, lr=lr, images_per_s=ips, **logged)
+        if max_steps is not None and n_iter >= max_steps:
+            break
+    elapsed = time.perf_counter() - start
+    means = {k: mean_over_ranks(v / max(n_iter, 1), env) for k, v in sums.items()}
+    means["images_per_s"] = n_images * env.world_size / max(elapsed, 1e-9)
+    return step, means
+
+
+@torch.no_grad()
+def predict_batch(model: torch.nn.Module, images: Sequence[torch.Tensor], orig_sizes: Sequence[Sequence[int]],
+                  device: torch.device, amp: str = "none") -> list[dict[str, np.ndarray]]:
+    """Run the detector on images (float (1|3, h, w) in [0, 1]) and return per image
+    {"boxes" (n, 4) in ORIGINAL pixels, "scores", "class_id" (0..13)} as numpy arrays."""
+    model.eval()
+    images = [img.to(device, non_blocking=True) for img in images]
+    with amp_context(device, amp):
+        outputs = model(images)
+    results = []
+    for image, out, orig in zip(images, outputs, orig_sizes):
+        boxes = to_original_frame(out["boxes"].float(), image.shape[-2:], orig)
+        # The short side of a resized image is rounded to whole pixels, so the one-factor mapping can
+        # overshoot the original extent by < 0.5 input px: clip to the original image.
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, float(orig[1]))
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, float(orig[0]))
+        results.append({"boxes": boxes.cpu().numpy().astype(np.float64),
+                        "scores": out["scores"].float().cpu().numpy().astype(np.float64),
+                        "class_id": (out["labels"].cpu().numpy() - 1).astype(np.int64)})
+    return results
+
+
+def predictions_frame(image_ids: Sequence[str], results: Sequence[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Per-image results of `predict_batch` -> one canonical predictions frame (PREDICTION_COLUMNS)."""
+    counts = [len(r["scores"]) for r in results]
+    if sum(counts) == 0:
+        return check_predictions(pd.DataFrame(columns=PREDICTION_COLUMNS), "detector output")
+    boxes = np.concatenate([r["boxes"].reshape(-1, 4) for r in results])
+    frame = pd.DataFrame({
+        "image_id": np.repeat(np.asarray(image_ids, dtype=object), counts),
+        "class_id": np.concatenate([r["class_id"] for r in results]),
+        "score": np.concatenate([r["scores"] for r in results]),
+        "x_min": boxes[:, 0], "y_min": boxes[:, 1], "x_max": boxes[:, 2], "y_max": boxes[:, 3],
+    })
+    return check_predictions(frame, "detector output")
+
+
+def predict_loader(model: torch.nn.Module, loader: Iterable, env: DistEnv, amp: str = "none",
+                   desc: str = "predict") -> tuple[pd.DataFrame, list[str]]:
+    """Predict every image of a detection loader (targets carry image_id and orig_size).
+
+    Under DDP each rank predicts its shard and the results are gathered on every rank (duplicates that a
+    DistributedSampler adds to even out the shards are dropped). Returns (predictions in original pixels,
+    the ids of all images seen, sorted).
+    """
+    per_image: dict[str, dict[str, np.ndarray]] = {}
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    for images, targets in tqdm(loader, total=total, desc=desc, leave=False, dynamic_ncols=True,
+                                disable=progress_disabled() or not env.is_main):
+        results = predict_batch(model, images, [t["orig_size"] for t in targets], env.device, amp)
+        for target, result in zip(targets, results):
+            per_image[str(target["image_id"])] = result
+    if env.distributed:
+        gathered: list[Any] = [None] * env.world_size
+        dist.all_gather_object(gathered, per_image)
+        per_image = {}
+        for part in gathered:
+            for key, value in part.items():
+                per_image.setdefault(key, value)
+    ids = sorted(per_image)
+    return predictions_frame(ids, [per_image[i] for i in ids]), ids
+
+
+def lr_for_steps(lr: float, total_steps: int, warmup_iters: int, warmup_factor: float, final_lr: float) -> np.ndarray:
+    """The paper's schedule per iteration: linear warm-up from lr * warmup_factor, then cosine to final_lr."""
+    from btcxr.engine.schedule import warmup_cosine
+
+    return warmup_cosine(lr, total_steps, warmup_iters, final_lr, warmup_start=lr * warmup_factor)
+
+
+def ground_truth(dataset: Any) -> pd.DataFrame:
+    """GT of a VindrDetection dataset in ORIGINAL pixels (annotations.csv rows of its images): finding
+    boxes, and one class-14 row for every image without any, so every image of the dataset is listed."""
+    from btcxr.data.cache_format import read_annotations
+    from btcxr.detect.evaluate_files import GT_COLUMNS
+
+    ann = read_annotations(dataset.cache)
+    ids = pd.Index(dataset.image_ids)
+    ann = ann[ann["image_id"].isin(ids)]
+    boxes = ann[(ann["class_id"] != NO_FINDING_ID) & ann[BOX_COLUMNS].notna().all(axis=1)]
+    negatives = ids.difference(pd.Index(boxes["image_id"].unique()))
+    rows = pd.DataFrame({"image_id": negatives.to_numpy(dtype=object), "class_id": NO_FINDING_ID,
+                         **{c: np.nan for c in BOX_COLUMNS}})
+    parts = [f for f in (boxes[GT_COLUMNS], rows) if len(f)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=GT_COLUMNS)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, split: str, out_dir: str | Path, *,
+                        device: str = "auto", batch_size: int = 8, workers: int = 2,
+                        include_negatives: bool | None = None, bootstrap: int = 1000, seed: int = 0,
+                        predictions_path: str | Path | None = None, amp: str = "none") -> dict:
+    """Score a fine-tuned detector on a part of a VinDr cache (`btcxr evaluate --checkpoint`).
+
+    Predicts every image of the part at the detector's size setting, maps the boxes to original pixels,
+    writes them to `predictions_path` (default OUT/predictions.csv) and scores them against the cache's
+    annotations.csv with btcxr.detect.evaluate_files.evaluate_predictions (OUT/metrics.json, per_class.csv,
+    per_class.md, pr_curves.png). `include_negatives` None: as the run was validated (its
+    data.eval_negatives). Returns the metrics dict.
+    """
+    from torch.utils.data import DataLoader
+
+    from btcxr.data.datasets import VindrDetection
+    from btcxr.detect.evaluate_files import evaluate_predictions
+    from btcxr.detect.model import load_detector
+    from btcxr.detect.predictions import write_predictions
+    from btcxr.detect.transforms import eval_transform
+    from btcxr.engine.distributed import DistEnv
+
+    dev = resolve_device(device)
+    model, meta = load_detector(checkpoint, dev)
+    if include_negatives is None:
+        include_negatives = bool(meta.get("config", {}).get("data", {}).get("eval_negatives", False))
+    dataset = VindrDetection(cache, split, include_negatives=include_negatives,
+                             transform=eval_transform(int(meta["detector"]["size"])))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+                        pin_memory=dev.type == "cuda")
+    pred, _ = predict_loader(model, loader, DistEnv(device=dev), amp if dev.type == "cuda" else "none",
+                             desc=f"predict {split}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(pred, predictions_path or out / "predictions.csv")
+    sources = {"checkpoint": str(checkpoint), "cache": str(cache), "split": split,
+               "include_negatives": include_negatives, "epoch": meta.get("epoch"),
+               "detector_size": int(meta["detector"]["size"])}
+    return evaluate_predictions(pred, ground_truth(dataset), out, bootstrap=bootstrap, seed=seed, sources=sources)
