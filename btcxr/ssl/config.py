@@ -1,0 +1,134 @@
+"""Every knob of Barlow Twins pre-training, as dataclasses read by `btcxr.config.load_config`.
+
+The defaults are the paper's recipe (method.md, Stage 1); `configs/pretrain/*.yaml` only spell out what a
+setting changes or what a reader should see at a glance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from btcxr.backbones import ARCHS
+from btcxr.errors import BtcxrError
+
+AMP_MODES = ("bf16", "fp16", "none")
+POLICIES = ("paper", "radiograph")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"
+    # "imagenet" (torchvision weights enum, or `weights_file`), "random", or a path to a checkpoint /
+    # backbone.pth / original Barlow Twins resnet50.pth / torchvision state dict.
+    init: str = "imagenet"
+    weights_file: str | None = None  # ImageNet weights on an offline machine (CLI --init-weights)
+    imagenet_weights: str | None = None  # torchvision enum member; default IMAGENET1K_V2 for resnet50
+    projector: list[int] = field(default_factory=lambda: [8192, 8192, 8192])
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if not self.projector or any(int(w) <= 0 for w in self.projector):
+            raise ValueError(f"model.projector must list positive widths, got {self.projector!r}")
+
+
+@dataclass
+class OptimConfig:
+    # Learning rates per 256 images; the run uses lr x batch_size / 256 (Barlow Twins recipe).
+    lr_weights: float = 0.2
+    lr_biases: float = 0.0048
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    eta: float = 0.001  # LARS trust coefficient
+    warmup_epochs: float = 10.0
+    final_lr_ratio: float = 0.001  # cosine ends at this fraction of the peak
+
+
+@dataclass
+class RadiographViewsConfig:
+    """Radiograph-aware views: no hue/saturation, crops that keep anatomy, small rotations, contrast and
+    gamma, a little blur and noise."""
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.8, 1.25])
+    flip_p: float = 0.5
+    rotation_deg: float = 10.0
+    jitter_p: float = 0.8
+    brightness: float = 0.3
+    contrast: float = 0.3
+    gamma: list[float] = field(default_factory=lambda: [0.7, 1.4])
+    gamma_p: float = 0.5
+    blur_p: list[float] = field(default_factory=lambda: [0.5, 0.1])  # view 1, view 2
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 1.5])
+    noise_p: float = 0.2
+    noise_std: float = 0.02  # fraction of the full intensity range
+
+
+@dataclass
+class ViewsConfig:
+    policy: str = "paper"  # paper | radiograph
+    size: int = 224
+    # Run the augmentations batched on the training device; the loader then only resizes and centre-crops
+    # every image to `load_size` (default: size) and ships uint8 tensors.
+    on_gpu: bool = False
+    load_size: int | None = None
+    radiograph: RadiographViewsConfig = field(default_factory=RadiographViewsConfig)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"views.policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.size <= 0:
+            raise ValueError(f"views.size must be positive, got {self.size}")
+
+
+@dataclass
+class DataConfig:
+    cache: str = ""  # a prepared cache (btcxr prepare); required
+    # Manifest splits to pre-train on. null: the splits prepare recorded as safe for pre-training (train and
+    # val): the NIH official test list stays out (the paper used all 112,120 images, which leaked into its
+    # classification test).
+    splits: list[str] | None = None
+    num_workers: int = 8
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 4
+
+
+@dataclass
+class PretrainConfig:
+    name: str = "pretrain"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    epochs: int = 800
+    batch_size: int = 768  # global: split evenly over the ranks
+    lambd: float = 0.0051  # weight of the off-diagonal terms
+    amp: str = "bf16"  # bf16 | fp16 | none (CUDA only; the loss itself is always fp32)
+    channels_last: bool = True
+    compile: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    log_every_steps: int = 10
+    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
+    corr_every_steps: int = 1000  # cross-correlation heatmap PNG; 0: only at the end
+    collapse_std_threshold: float = 0.05  # warn when the normalised embedding spread drops below this
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise ValueError("epochs and batch_size must be positive")
+
+
+# Settings that may change between a run and its resume without changing what is computed.
+RESUME_FREE_KEYS = ("data.num_workers", "data.pin_memory", "data.persistent_workers", "data.prefetch_factor",
+                    "log_every_steps", "tensorboard", "compile", "model.weights_file", "data.cache")
+
+
+def check_world(cfg: PretrainConfig, world_size: int) -> int:
+    """Per-rank batch size; the global batch must split evenly over the ranks."""
+    if cfg.batch_size % world_size:
+        raise BtcxrError(f"batch_size {cfg.batch_size} does not split over {world_size} ranks; "
+                         f"use a multiple of {world_size}")
+    return cfg.batch_size // world_size
