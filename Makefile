@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 setup: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check btcxr tests benchmarks
+	$(BIN)/ruff check btcxr tests benchmarks scripts
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

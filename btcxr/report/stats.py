@@ -47,7 +47,13 @@ def paired_difference(results: pd.DataFrame, metric: str, init: str, baseline: s
     keep = ~(np.isnan(da) | np.isnan(db))
     da, db = da[keep], db[keep]
     diff = mean_ci(da - db)
-    p = float(stats.ttest_rel(da, db).pvalue) if da.size >= 2 and np.any(da != db) else math.nan
+    d = da - db
+    if da.size < 2 or not np.any(d):
+        p = math.nan
+    elif np.ptp(d) <= 1e-12 * np.abs(d).max():  # the same difference for every seed: t is infinite
+        p = 0.0
+    else:
+        p = float(stats.ttest_rel(da, db).pvalue)
     return PairedDiff(diff=diff, p_value=p, n_pairs=int(da.size))
 
 

@@ -1,0 +1,58 @@
+"""`btcxr reproduce`: the paper's comparison from one experiment file, ending in a report."""
+
+from __future__ import annotations
+
+import argparse
+
+from btcxr.errors import BtcxrError
+
+DESCRIPTION = """\
+Run the comparison an experiment file describes: data (synthetic or real, prepared into caches),
+Barlow Twins pre-training (or an existing backbone.pth), Faster R-CNN fine-tuning for every
+init x input size x label fraction x seed, the NIH probe, the Ablation-CAM localisation score, and a
+report (OUT/report/index.html and results.md) with means, 95 % intervals, paired tests against the
+ImageNet baseline, label-efficiency curves, per-class AP, training curves and CAM grids.
+
+Every run lives in OUT/runs/<run id>; a finished run is never redone and an interrupted one resumes, so
+the same command can simply be run again. Spread the grid over GPUs or nodes by launching it once per
+shard with --shard i/n (shared stages are locked; the last shard to finish writes the report).
+"""
+
+EPILOG = """\
+examples:
+  btcxr reproduce --config configs/experiments/synthetic.yaml
+  btcxr reproduce --config configs/experiments/paper.yaml data.vindr_root=/data/vinbigdata \\
+      data.nih_root=/data/nih --out runs/paper
+  CUDA_VISIBLE_DEVICES=1 btcxr reproduce --config configs/experiments/paper.yaml --shard 1/4
+  btcxr reproduce --config configs/experiments/synthetic.yaml seeds=[0] fractions=[1.0]
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("reproduce", help="run the paper's comparison end to end and write the report",
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, metavar="FILE", help="experiment YAML (configs/experiments/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override experiment settings")
+    parser.add_argument("--out", metavar="DIR", help="experiment directory (default: runs/experiments/<name>)")
+    parser.add_argument("--shard", default="0/1", metavar="i/n", help="run shard i of n of the grid (default 0/1)")
+    parser.add_argument("--workers", type=int, help="processes for synthesis and preparation (default: all cores)")
+    parser.set_defaults(func=run)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit():
+        raise BtcxrError(f"--shard {text!r}: expected i/n, e.g. 0/4")
+    return int(index), int(count)
+
+
+def run(args: argparse.Namespace) -> int:
+    from btcxr.report.reproduce import reproduce
+
+    index, count = parse_shard(args.shard)
+    report = reproduce(args.config, args.overrides, out=args.out, shard_index=index, shard_count=count,
+                       workers=args.workers)
+    if report is not None:
+        print(f"report: {report}")
+    return 0

@@ -1,0 +1,402 @@
+"""`btcxr reproduce`: the paper's comparison end to end, resumable, shardable, ending in a report.
+
+Stages, each skipped when its outputs are already there with the same settings:
+data (synthesise or read the raw datasets, then prepare caches) -> pre-training (unless a backbone file
+is given) -> one detection fine-tuning run per init x size x label fraction x seed -> NIH probe runs ->
+localisation of Ablation-CAM heatmaps -> results.csv and the report.
+
+Runs can be spread over machines: every launch with `--shard i/n` runs its share of the grid. Shared stages
+(data, pre-training) are guarded by a file lock, so the first shard does them and the others wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from btcxr.config import config_to_dict, load_config, save_config
+from btcxr.errors import BtcxrError
+from btcxr.report.experiment import (
+    DetectionRun,
+    Experiment,
+    detection_grid,
+    fingerprint,
+    load_experiment,
+    shard,
+)
+
+log = logging.getLogger(__name__)
+
+DONE = "done.json"
+
+
+# ----------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _stage_lock(out: Path, name: str):
+    """One shard at a time through a shared stage (flock works on local disks and most network ones)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_done(run_dir: Path, key: str) -> bool:
+    marker = run_dir / DONE
+    return marker.exists() and json.loads(marker.read_text()).get("fingerprint") == key
+
+
+def _mark_done(run_dir: Path, key: str, **info: Any) -> None:
+    tmp = run_dir / f".{DONE}.tmp"
+    tmp.write_text(json.dumps({"fingerprint": key, **info}, indent=2, default=str) + "\n")
+    tmp.replace(run_dir / DONE)
+
+
+def _resolve(path: str, base: Path) -> Path:
+    """Config paths are taken relative to the working directory, then to the experiment file."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    if (base / p).exists():
+        return base / p
+    raise BtcxrError(f"config file {path} not found (looked in . and {base})")
+
+
+class Context:
+    """What every stage needs: the experiment, where things go, and the inits actually available."""
+
+    def __init__(self, exp: Experiment, exp_path: Path, out: Path):
+        self.exp, self.exp_path, self.out = exp, exp_path, out
+        self.notes: list[str] = []
+        self.configs: dict[str, Path] = {"experiment": out / "experiment.yaml"}
+        self.vindr_cache: Path | None = None
+        self.nih_cache: Path | None = None
+        self.backbone: Path | None = None
+        self.inits: dict[str, str] = dict(exp.inits)
+        self.baseline = exp.baseline
+
+    def config(self, path: str) -> Path:
+        return _resolve(path, self.exp_path.parent)
+
+
+# -------------------------------------------------------------------------------------------- data
+def prepare_data(ctx: Context, workers: int | None) -> None:
+    from btcxr.data.cache import PrepareSettings, prepare
+
+    d, out = ctx.exp.data, ctx.out
+    vindr_root, nih_root = d.vindr_root, d.nih_root
+    if d.synthetic is not None:
+        vindr_root, nih_root = _synthesise(ctx, workers)
+    needs_nih = ctx.exp.probe.enabled or ("btcxr" in ctx.inits.values() and not ctx.exp.pretrain.backbone)
+    with _stage_lock(out, "data"):
+        if d.vindr_cache:
+            ctx.vindr_cache = Path(d.vindr_cache)
+        elif vindr_root:
+            ctx.vindr_cache = out / "cache" / "vindr"
+            prepare(PrepareSettings(dataset="vindr", root=str(vindr_root), out=str(ctx.vindr_cache),
+                                    size=d.cache_size, workers=workers))
+        if d.nih_cache:
+            ctx.nih_cache = Path(d.nih_cache)
+        elif nih_root and needs_nih:
+            ctx.nih_cache = out / "cache" / "nih"
+            prepare(PrepareSettings(dataset="nih", root=str(nih_root), out=str(ctx.nih_cache),
+                                    size=d.pretrain_size, workers=workers))
+    if ctx.exp.detection and ctx.vindr_cache is None:
+        raise BtcxrError(f"{ctx.exp_path}: detection needs data.vindr_root, data.vindr_cache or data.synthetic")
+    if needs_nih and ctx.nih_cache is None:
+        raise BtcxrError(f"{ctx.exp_path}: pre-training and the probe need data.nih_root, data.nih_cache or "
+                         "data.synthetic")
+
+
+def _synthesise(ctx: Context, workers: int | None) -> tuple[Path, Path]:
+    from btcxr.data.synthetic import generate
+
+    syn = ctx.exp.data.synthetic
+    roots = {"vindr-kaggle": ctx.out / "data" / "vindr", "nih": ctx.out / "data" / "nih"}
+    counts = {"vindr-kaggle": syn.n_vindr, "nih": syn.n_nih}
+    with _stage_lock(ctx.out, "data"):
+        for layout, root in roots.items():
+            key = fingerprint({"layout": layout, "n": counts[layout], "size": syn.size, "seed": syn.seed,
+                               "normal_fraction": syn.normal_fraction})
+            if _is_done(root, key):
+                continue
+            log.info("synthesising %d %s images into %s", counts[layout], layout, root)
+            summary = generate(root, layout, n=counts[layout], size=syn.size, seed=syn.seed, workers=workers,
+                               normal_fraction=syn.normal_fraction)
+            _mark_done(root, key, summary=summary)
+    return roots["vindr-kaggle"], roots["nih"]
+
+
+# ------------------------------------------------------------------------------------------- inits
+def check_imagenet(ctx: Context, archs: set[str]) -> None:
+    """Replace the ImageNet init by the configured fallback when its weights cannot be loaded here."""
+    from btcxr.backbones import build_resnet
+
+    if "imagenet" not in ctx.inits.values():
+        return
+    try:
+        for arch in sorted(archs):
+            build_resnet(arch, "imagenet", weights_file=ctx.exp.imagenet_weights_file)
+        return
+    except BtcxrError as exc:
+        if not ctx.exp.imagenet_fallback:
+            raise BtcxrError(f"{exc} (or set imagenet_fallback: random in the experiment file)") from exc
+        reason = str(exc).split(" (")[0]
+    fallback = ctx.exp.imagenet_fallback
+    names = [n for n, spec in ctx.inits.items() if spec == "imagenet"]
+    if fallback in ctx.inits.values():
+        # The fallback init is already compared: ImageNet runs would only repeat it.
+        for name in names:
+            del ctx.inits[name]
+        if ctx.baseline in names:
+            ctx.baseline = next(n for n, s in ctx.inits.items() if s == fallback)
+        ctx.notes.append(f"ImageNet weights could not be loaded here ({reason}). The ImageNet init was "
+                         f"dropped and '{ctx.baseline}' ({fallback} init) is the baseline instead; pre-training "
+                         f"also starts from {fallback} init.")
+    else:
+        for name in names:
+            ctx.inits[name] = fallback
+        ctx.notes.append(f"ImageNet weights could not be loaded here ({reason}): the '{'/'.join(names)}' "
+                         f"init was replaced by {fallback} init, and pre-training starts from it too.")
+    ctx.imagenet_replaced = fallback
+
+
+def _archs(ctx: Context) -> set[str]:
+    """The ResNet depths that would load ImageNet weights in this experiment."""
+    from btcxr.classify.config import ProbeConfig
+    from btcxr.detect.config import FinetuneConfig
+    from btcxr.ssl.config import PretrainConfig
+
+    exp = ctx.exp
+    stages = [(exp.detection, FinetuneConfig, exp.finetune), (exp.probe.enabled, ProbeConfig, exp.probe),
+              ("btcxr" in ctx.inits.values() and not exp.pretrain.backbone, PretrainConfig, exp.pretrain)]
+    return {load_config(cls, ctx.config(section.config), section.overrides).model.arch
+            for used, cls, section in stages if used}
+
+
+def run_pretrain(ctx: Context) -> None:
+    if "btcxr" not in ctx.inits.values():
+        return
+    if ctx.exp.pretrain.backbone:
+        ctx.backbone = Path(ctx.exp.pretrain.backbone)
+        if not ctx.backbone.is_file():
+            raise BtcxrError(f"{ctx.exp_path}: pretrain.backbone {ctx.backbone} does not exist")
+        return
+    from btcxr.ssl.config import PretrainConfig
+    from btcxr.ssl.train import pretrain
+
+    path = ctx.config(ctx.exp.pretrain.config)
+    cfg = load_config(PretrainConfig, path, [*ctx.exp.pretrain.overrides, f"data.cache={ctx.nih_cache}"])
+    if cfg.model.init == "imagenet":
+        if getattr(ctx, "imagenet_replaced", None):
+            cfg.model.init = ctx.imagenet_replaced
+        elif ctx.exp.imagenet_weights_file:
+            cfg.model.weights_file = ctx.exp.imagenet_weights_file
+    run_dir = ctx.out / "pretrain"
+    ctx.configs["pretrain"] = run_dir / "config.yaml"
+    key = fingerprint(config_to_dict(cfg))
+    with _stage_lock(ctx.out, "pretrain"):
+        if not _is_done(run_dir, key):
+            ctx.backbone = pretrain(cfg, run_dir, resume=(run_dir / "last.pt").exists())
+            _mark_done(run_dir, key, backbone=ctx.backbone)
+    ctx.backbone = run_dir / "backbone.pth"
+
+
+def init_spec(ctx: Context, name: str) -> tuple[str, str | None]:
+    """(model init, ImageNet weights file) of an init name of the experiment."""
+    spec = ctx.inits[name]
+    if spec == "btcxr":
+        return str(ctx.backbone), None
+    if spec == "imagenet":
+        return "imagenet", ctx.exp.imagenet_weights_file
+    return spec, None
+
+
+# --------------------------------------------------------------------------------------- detection
+def detection_runs(ctx: Context) -> list[DetectionRun]:
+    return [r for r in detection_grid(ctx.exp) if r.init in ctx.inits] if ctx.exp.detection else []
+
+
+def detection_config(ctx: Context, run: DetectionRun):
+    from btcxr.detect.config import FinetuneConfig
+
+    init, weights = init_spec(ctx, run.init)
+    overrides = [*ctx.exp.finetune.overrides, f"data.cache={ctx.vindr_cache}", f"data.fraction={run.fraction}",
+                 f"train.seed={run.seed}", f"model.size={run.size}", f"model.init={init}"]
+    if weights:
+        overrides.append(f"model.weights_file={weights}")
+    return load_config(FinetuneConfig, ctx.config(ctx.exp.finetune.config), overrides)
+
+
+def run_detection(ctx: Context, run: DetectionRun) -> None:
+    from btcxr.detect.train import finetune
+
+    cfg = detection_config(ctx, run)
+    run_dir = ctx.out / "runs" / run.run_id
+    key = fingerprint(config_to_dict(cfg))
+    if _is_done(run_dir, key):
+        log.info("%s: finished earlier, skipped", run.run_id)
+        return
+    log.info("%s: fine-tuning (init %s, %d px, %g of the labels, seed %d)", run.run_id, run.init, run.size,
+             run.fraction, run.seed)
+    best = finetune(cfg, run_dir, resume=(run_dir / "last.pt").exists())
+    _mark_done(run_dir, key, checkpoint=best)
+    ctx.configs.setdefault("finetune", run_dir / "config.yaml")
+
+
+# ------------------------------------------------------------------------------------------- probe
+def probe_runs(ctx: Context) -> list[tuple[str, float, int]]:
+    if not ctx.exp.probe.enabled:
+        return []
+    return [(init, f, s) for f in ctx.exp.probe.fractions for s in ctx.exp.seeds for init in ctx.inits]
+
+
+def run_probe(ctx: Context, init: str, fraction: float, seed: int) -> None:
+    from btcxr.classify.config import ProbeConfig
+    from btcxr.classify.train import probe
+
+    overrides = [*ctx.exp.probe.overrides, f"data.cache={ctx.nih_cache}", f"data.fraction={fraction}",
+                 f"seed={seed}", f"probe.mode={ctx.exp.probe.mode}"]
+    cfg = load_config(ProbeConfig, ctx.config(ctx.exp.probe.config), overrides)
+    backbone, weights = init_spec(ctx, init)
+    run_dir = ctx.out / "runs" / _probe_id(init, fraction, seed)
+    key = fingerprint({"config": config_to_dict(cfg), "backbone": backbone, "weights": weights})
+    if _is_done(run_dir, key):
+        return
+    log.info("%s: NIH probe", run_dir.name)
+    probe(cfg, backbone, run_dir, init_weights=weights, resume=(run_dir / "last.pt").exists())
+    _mark_done(run_dir, key)
+    ctx.configs.setdefault("probe", run_dir / "config.yaml")
+
+
+def _probe_id(init: str, fraction: float, seed: int) -> str:
+    return f"probe_{init}_f{fraction:g}_seed{seed}"
+
+
+# ----------------------------------------------------------------------------------------- results
+def collect_results(ctx: Context) -> pd.DataFrame:
+    """One row per finished run of the whole grid (all shards), as in results.csv."""
+    from btcxr.data.classes import NIH_LABELS, VINDR_CLASSES
+
+    rows: list[dict[str, Any]] = []
+    for run in detection_runs(ctx):
+        run_dir = ctx.out / "runs" / run.run_id
+        metrics_path = run_dir / "test_metrics.json"
+        if not (run_dir / DONE).exists() or not metrics_path.exists():
+            continue
+        m = json.loads(metrics_path.read_text())
+        ci = m.get("map50_ci") or [math.nan, math.nan]
+        row = {"run_id": run.run_id, "kind": "detection", "init": run.init, "size": run.size,
+               "fraction": run.fraction, "seed": run.seed, "run_dir": str(run_dir), "status": "done",
+               "map50": m.get("map50"), "map50_ci_lo": ci[0], "map50_ci_hi": ci[1], "map": m.get("map"),
+               "map50_voc": m.get("map50_voc"), "kaggle_map40": m.get("kaggle_map40")}
+        per_class = m.get("per_class_ap50") or {}
+        row |= {f"ap50/{c}": per_class.get(c) for c in VINDR_CLASSES}
+        rows.append(row)
+    for init, fraction, seed in probe_runs(ctx):
+        run_dir = ctx.out / "runs" / _probe_id(init, fraction, seed)
+        results_path = run_dir / "results.json"
+        if not (run_dir / DONE).exists() or not results_path.exists():
+            continue
+        r = json.loads(results_path.read_text())
+        row = {"run_id": run_dir.name, "kind": "probe", "init": init, "size": r.get("input_size"),
+               "fraction": fraction, "seed": seed, "run_dir": str(run_dir), "status": "done",
+               "mean_auroc": r["test"].get("mean_auroc"), "val_mean_auroc": r["val"].get("mean_auroc"),
+               "mode": r.get("mode")}
+        per_label = r["test"].get("auroc") or {}
+        row |= {f"auroc/{label}": per_label.get(label) for label in NIH_LABELS}
+        rows.append(row)
+    return pd.DataFrame(rows).astype({"fraction": float}, errors="ignore") if rows else pd.DataFrame(
+        columns=["run_id", "kind", "init", "size", "fraction", "seed", "run_dir", "status"])
+
+
+# ------------------------------------------------------------------------------------ localisation
+def run_localisation(ctx: Context, results: pd.DataFrame) -> tuple[dict | None, list[Path]]:
+    """Ablation-CAM of the chosen inits' detectors on the test split: the score and the CAM grids."""
+    loc = ctx.exp.localisation
+    inits = [i for i in loc.inits if i in ctx.inits]
+    det = results[results["kind"] == "detection"] if len(results) else results
+    if not loc.enabled or len(inits) == 0 or len(det) == 0:
+        return None, []
+    from btcxr.explain.run import explain_split
+
+    # The runs compared: the largest size and label fraction, the first seed.
+    size, fraction, seed = max(ctx.exp.sizes), max(ctx.exp.fractions), ctx.exp.seeds[0]
+    checkpoints = {}
+    for init in inits:
+        run_dir = ctx.out / "runs" / DetectionRun(init, size, fraction, seed).run_id
+        if (run_dir / DONE).exists():
+            checkpoints[init] = run_dir / "best.pt"
+    if not checkpoints:
+        return None, []
+    out = ctx.out / "localisation"
+    key = fingerprint({"checkpoints": {k: str(v) for k, v in checkpoints.items()}, "layer": loc.layer,
+                       "ratio": loc.ratio, "score_thr": loc.score_thr, "max_images": loc.max_images,
+                       "grids": ctx.exp.cam_examples})
+    if not _is_done(out, key):
+        out.mkdir(parents=True, exist_ok=True)
+        explain_split(list(checkpoints.values()), ctx.vindr_cache, "test", out, labels=list(checkpoints),
+                      layer=loc.layer, ratio=loc.ratio, score_thr=loc.score_thr, max_images=loc.max_images,
+                      grid_images=ctx.exp.cam_examples)
+        _mark_done(out, key)
+    summary = json.loads((out / "localisation.json").read_text())
+    grids = sorted((out / "grids").glob("*.png")) if (out / "grids").exists() else []
+    return summary, grids
+
+
+# -------------------------------------------------------------------------------------------- main
+def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (), out: str | Path | None = None,
+              shard_index: int = 0, shard_count: int = 1, workers: int | None = None) -> Path | None:
+    """Run this shard's share of the experiment; the shard that finds the grid complete writes the report.
+
+    Returns the report's index.html, or None while runs of other shards are still missing.
+    """
+    from btcxr.engine.checkpoint import library_versions
+    from btcxr.report.build import build_report
+
+    exp_path = Path(exp_path)
+    exp = load_experiment(exp_path, overrides)
+    out = Path(out) if out else Path("runs") / "experiments" / exp.name
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(exp, out / "experiment.yaml")
+    ctx = Context(exp, exp_path, out)
+
+    prepare_data(ctx, workers)
+    check_imagenet(ctx, _archs(ctx))
+    run_pretrain(ctx)
+
+    for run in shard(detection_runs(ctx), shard_index, shard_count):
+        run_detection(ctx, run)
+    for init, fraction, seed in shard(probe_runs(ctx), shard_index, shard_count):
+        run_probe(ctx, init, fraction, seed)
+
+    results = collect_results(ctx)
+    expected = len(detection_runs(ctx)) + len(probe_runs(ctx))
+    _write_csv(results, out / "results.csv")
+    if len(results) < expected:
+        log.warning("%d of %d runs finished; the report is written once the other shards are done (rerun "
+                    "this command with any shard index then)", len(results), expected)
+        return None
+
+    with _stage_lock(out, "report"):
+        localisation, grids = run_localisation(ctx, results)
+        index = build_report(out / "report", results, baseline=ctx.baseline, localisation=localisation,
+                             cam_grids=grids, configs={k: v for k, v in ctx.configs.items() if v.exists()},
+                             versions=library_versions(), notes=ctx.notes)
+    log.info("report: %s", index)
+    return index
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)

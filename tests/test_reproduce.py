@@ -1,0 +1,190 @@
+"""`btcxr reproduce`: the experiment grid, sharding, the ImageNet fallback, and the demo pipeline end to end."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from btcxr.errors import BtcxrError
+from btcxr.report import reproduce as rp
+from btcxr.report.experiment import Experiment, detection_grid, load_experiment, shard
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "experiments"
+
+
+@pytest.mark.parametrize("name", ["demo", "synthetic", "paper"])
+def test_shipped_experiments_load_and_their_stage_configs_exist(name):
+    exp = load_experiment(CONFIGS / f"{name}.yaml")
+    for section in (exp.pretrain, exp.finetune, exp.probe):
+        assert (CONFIGS / section.config).is_file()
+    assert len(detection_grid(exp)) == len(exp.inits) * len(exp.sizes) * len(exp.fractions) * len(exp.seeds)
+
+
+def test_shards_partition_the_grid():
+    exp = Experiment(fractions=[0.1, 1.0], seeds=[0, 1, 2])
+    grid = detection_grid(exp)
+    parts = [shard(grid, i, 4) for i in range(4)]
+    assert sorted(r.run_id for p in parts for r in p) == sorted(r.run_id for r in grid)
+    assert len({r.run_id for r in grid}) == len(grid) == 18
+    with pytest.raises(BtcxrError, match="shard 4/4"):
+        shard(grid, 4, 4)
+
+
+def test_experiment_errors_name_the_setting(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inits: {random: random}\nbaseline: imagenet\n")
+    with pytest.raises(BtcxrError, match="baseline 'imagenet' is not one of the inits"):
+        load_experiment(bad)
+    with pytest.raises(BtcxrError, match=r"fractions must lie in \(0, 1\]"):
+        load_experiment(CONFIGS / "demo.yaml", ["fractions=[0, 1.0]"])
+
+
+def _no_imagenet(monkeypatch):
+    def offline(arch, name):
+        raise BtcxrError(f"cannot load ImageNet weights {name} (no network) (hint)")
+
+    monkeypatch.setattr("btcxr.backbones._imagenet_state", offline)
+
+
+def test_imagenet_fallback_drops_duplicate_init_and_moves_the_baseline(monkeypatch, tmp_path):
+    _no_imagenet(monkeypatch)
+    exp = load_experiment(CONFIGS / "synthetic.yaml")
+    ctx = rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path)
+    rp.check_imagenet(ctx, {"resnet18"})
+    assert ctx.inits == {"btcxr": "btcxr", "random": "random"}
+    assert ctx.baseline == "random"
+    assert "ImageNet weights could not be loaded" in ctx.notes[0]
+    assert all(r.init != "imagenet" for r in rp.detection_runs(ctx))
+
+
+def test_imagenet_fallback_replaces_when_random_is_not_compared(monkeypatch, tmp_path):
+    _no_imagenet(monkeypatch)
+    exp = load_experiment(CONFIGS / "synthetic.yaml", ["inits={imagenet: imagenet, btcxr: btcxr}"])
+    ctx = rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path)
+    rp.check_imagenet(ctx, {"resnet18"})
+    assert ctx.inits == {"imagenet": "random", "btcxr": "btcxr"} and ctx.baseline == "imagenet"
+    exp.imagenet_fallback = None
+    with pytest.raises(BtcxrError, match="imagenet_fallback"):
+        rp.check_imagenet(rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path), {"resnet18"})
+
+
+# ------------------------------------------------------------------ orchestration, with fake stages
+def _fake_experiment(tmp_path, **extra):
+    """Detection only, on an existing cache and backbone file, so the stages can be faked."""
+    (tmp_path / "cache").mkdir()
+    backbone = tmp_path / "backbone.pth"
+    backbone.write_bytes(b"weights")
+    lines = [f"data: {{vindr_cache: {tmp_path / 'cache'}}}", f"pretrain: {{backbone: {backbone}}}",
+             f"finetune: {{config: {CONFIGS.parent / 'finetune' / 'demo.yaml'}}}",
+             "inits: {random: random, btcxr: btcxr}", "baseline: random", "sizes: [96]",
+             "fractions: [0.5, 1.0]", "seeds: [0, 1]", "probe: {enabled: false}", "localisation: {enabled: false}"]
+    path = tmp_path / "exp.yaml"
+    path.write_text("\n".join(lines + [f"{k}: {v}" for k, v in extra.items()]) + "\n")
+    return path
+
+
+class FakeFinetune:
+    """Writes what a finished fine-tuning run leaves behind; can be told to die part-way through a run."""
+
+    def __init__(self, die_on: str | None = None):
+        self.calls: list[tuple[str, bool]] = []
+        self.die_on = die_on
+
+    def __call__(self, cfg, out_dir, resume=False):
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.calls.append((out.name, resume))
+        (out / "last.pt").write_bytes(b"state")
+        if out.name == self.die_on:
+            self.die_on = None
+            raise RuntimeError("killed")
+        ap = 0.2 + 0.1 * (cfg.model.init != "random") + 0.05 * cfg.train.seed + 0.1 * cfg.data.fraction
+        (out / "test_metrics.json").write_text(json.dumps(
+            {"map50": ap, "map50_ci": [ap - 0.05, ap + 0.05], "map": ap / 2, "map50_voc": ap,
+             "kaggle_map40": ap, "per_class_ap50": {"Cardiomegaly": ap}}))
+        (out / "metrics.jsonl").write_text(json.dumps({"phase": "epoch", "step": 1, "epoch": 1, "loss": 1.0,
+                                                       "val_ap50": ap}) + "\n")
+        (out / "best.pt").write_bytes(b"weights")
+        return out / "best.pt"
+
+
+def test_shards_resume_and_never_redo_a_finished_run(tmp_path, monkeypatch):
+    exp_path = _fake_experiment(tmp_path)
+    out = tmp_path / "out"
+    fake = FakeFinetune(die_on="det_random_s96_f1_seed1")
+    monkeypatch.setattr("btcxr.detect.train.finetune", fake)
+
+    assert rp.reproduce(exp_path, out=out, shard_index=1, shard_count=2) is None  # half the grid is missing
+    assert len(pd.read_csv(out / "results.csv")) == 4 and not (out / "report").exists()
+    with pytest.raises(RuntimeError, match="killed"):  # shard 0 dies in the middle of its last run
+        rp.reproduce(exp_path, out=out, shard_index=0, shard_count=2)
+    index = rp.reproduce(exp_path, out=out, shard_index=0, shard_count=2)
+    assert index is not None and index.exists()
+    ran = [name for name, _ in fake.calls]
+    assert len(ran) == 9 and ran.count("det_random_s96_f1_seed1") == 2   # 8 runs, one of them twice
+    assert fake.calls[-1] == ("det_random_s96_f1_seed1", True)           # ... and resumed the second time
+
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 8 and set(results["status"]) == {"done"}
+    row = results[results["run_id"] == "det_btcxr_s96_f0.5_seed1"].iloc[0]
+    assert row["map50"] == pytest.approx(0.2 + 0.1 + 0.05 + 0.05)
+    assert row["ap50/Cardiomegaly"] == pytest.approx(row["map50"])
+
+    fake.calls.clear()
+    assert rp.reproduce(exp_path, out=out) == index          # everything finished: nothing is redone
+    assert fake.calls == []
+    html = index.read_text()
+    assert "Detection: test mAP50" in html and "btcxr" in html
+
+
+def test_a_changed_setting_reruns_only_the_runs_it_touches(tmp_path, monkeypatch):
+    exp_path = _fake_experiment(tmp_path)
+    out = tmp_path / "out"
+    fake = FakeFinetune()
+    monkeypatch.setattr("btcxr.detect.train.finetune", fake)
+    rp.reproduce(exp_path, out=out)
+    fake.calls.clear()
+    rp.reproduce(exp_path, ["seeds=[0, 1, 2]"], out=out)
+    assert sorted(name for name, _ in fake.calls) == sorted(
+        f"det_{i}_s96_f{f}_seed2" for i in ("random", "btcxr") for f in ("0.5", "1"))
+
+
+# ----------------------------------------------------------------------- the demo, every stage real
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end(tmp_path, monkeypatch):
+    """A smaller variant of `make demo`: synth, prepare, pretrain, finetune x2, evaluate, probe, explain,
+    report."""
+
+    out = tmp_path / "demo"
+    overrides = ["data.synthetic={n_vindr: 70, n_nih: 60, size: 128, seed: 0, normal_fraction: 0.2}",
+                 "data.cache_size=96", "sizes=[96]", "pretrain.overrides=[epochs=1]",
+                 "finetune.overrides=[optim.epochs=2]", "probe.overrides=[optim.epochs=2]",
+                 "localisation.max_images=2", "localisation.ratio=0.05", "localisation.score_thr=0.0",
+                 "cam_examples=1"]
+    from btcxr.cli import main
+
+    assert main(["demo", "--out", str(out), *overrides]) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results["run_id"]) == ["det_btcxr_s96_f1_seed0", "det_random_s96_f1_seed0",
+                                         "probe_btcxr_f1_seed0", "probe_random_f1_seed0"]
+    det = results[results["kind"] == "detection"]
+    assert det["map50"].between(0, 1).all() and results.loc[results["kind"] == "probe", "mean_auroc"].notna().all()
+    assert (out / "pretrain" / "backbone.pth").exists()
+    for run in det["run_dir"]:
+        assert {"best.pt", "test_metrics.json", "test_predictions.csv", "config.yaml"} <= {
+            p.name for p in Path(run).iterdir()}
+    loc = json.loads((out / "localisation" / "localisation.json").read_text())
+    assert set(loc["models"]) == {"random", "btcxr"}
+
+    index = out / "report" / "index.html"
+    html = index.read_text()
+    for title in ("Summary", "Detection: test mAP50", "Label efficiency", "Per-class AP50", "Training curves",
+                  "Ablation-CAM examples", "Localisation of the heatmaps", "NIH classification probe", "Configs",
+                  "Versions"):
+        assert f"<h2>{title}</h2>" in html
+    import re
+
+    images = re.findall(r'<img[^>]+src="([^"]+)"', html)
+    assert images and all((index.parent / src).exists() for src in images)
+    assert "results.md" in {p.name for p in index.parent.iterdir()}
