@@ -14,20 +14,10 @@ import gzip
 import importlib.util
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-
-
-def timed(label: str, fn, repeat: int = 1):
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    print(f"{label:<58} {best:8.3f} s")
-    return result
+from timing import timed  # benchmarks/timing.py, beside this script
 
 
 def main() -> None:

@@ -95,16 +95,14 @@ def bench_model(arch: str, size: int, iters: int, batch: int, device: torch.devi
 
 
 def bench_validation() -> None:
+    import evaluate as bench_evaluate  # benchmarks/evaluate.py, beside this script
     import pandas as pd
+    from timing import timed
 
     from btcxr.data.fusion import fuse_readers
     from btcxr.data.vindr import read_kaggle_train_csv
     from btcxr.detect.metrics import evaluate_detections
     from btcxr.detect.predictions import check_predictions
-
-    spec = importlib.util.spec_from_file_location("bench_evaluate", Path(__file__).with_name("evaluate.py"))
-    bench_evaluate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_evaluate)
 
     data = Path(list(importlib.util.find_spec("torchxrayvision").submodule_search_locations)[0]) / "data"
     gt = fuse_readers(read_kaggle_train_csv(data / "vinbigdata-train.csv.gz"), "wbf", 0.4)
@@ -129,11 +127,11 @@ def bench_validation() -> None:
                                   "y_max": boxes[:, 3]}))
     pred = check_predictions(pd.concat(rows, ignore_index=True))
     print(f"\nvalidation AP50: {gt['image_id'].nunique()} images, {len(gt)} GT boxes, {len(pred)} detections")
-    ours = bench_evaluate.timed("ours: evaluate_detections(bootstrap=0) (per epoch)",
+    ours = timed("ours: evaluate_detections(bootstrap=0) (per epoch)",
                                 lambda: evaluate_detections(gt, pred, bootstrap=0), repeat=3)
-    coco_gt, coco_dt = bench_evaluate.timed("pycocotools: COCO index + loadRes",
+    coco_gt, coco_dt = timed("pycocotools: COCO index + loadRes",
                                             lambda: bench_evaluate.pycocotools_objects(gt, pred), repeat=3)
-    ev = bench_evaluate.timed("pycocotools: COCOeval evaluate + accumulate + summarize",
+    ev = timed("pycocotools: COCOeval evaluate + accumulate + summarize",
                               lambda: bench_evaluate.run_cocoeval(coco_gt, coco_dt), repeat=3)
     print(f"map50 ours {ours.metrics['map50']:.6f}  pycocotools {ev.stats[1]:.6f}")
 

@@ -16,21 +16,11 @@ import argparse
 import contextlib
 import importlib.util
 import io
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-
-def timed(label: str, fn, repeat: int = 1):
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    print(f"{label:<62} {best:8.3f} s")
-    return result
+from timing import timed  # benchmarks/timing.py, beside this script
 
 
 def perturbed_predictions(raw: pd.DataFrame, seed: int = 0) -> pd.DataFrame:

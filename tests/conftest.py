@@ -1,4 +1,5 @@
-"""Shared fixtures: the real NIH and VinDr annotation files shipped inside the torchxrayvision wheel.
+"""Shared fixtures: the real NIH and VinDr annotation files shipped inside the torchxrayvision wheel, and one
+torch thread per test.
 
 The session-scoped tables are read once per test session; tests must not modify them (copy first).
 """
@@ -10,6 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on 2 cores: one intra-op thread avoids oversubscription with loaders and other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +28,8 @@ def real_data_dir() -> Path:
     """torchxrayvision's data folder: Data_Entry_2017_v2020.csv.gz, BBox_List_2017.csv.gz, vinbigdata-train.csv.gz."""
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("torchxrayvision (test extra) is not installed: the real annotation files are unavailable")
+        pytest.fail("torchxrayvision (a test extra: pip install -e '.[test]') is not installed: the real "
+                    "annotation files the readers are tested on are unavailable")
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 

@@ -23,14 +23,6 @@ from btcxr.errors import BtcxrError
 SMALL = {"arch": "resnet18", "size": 64, "fpn_channels": 16, "box_head_dim": 32}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: one intra-op thread is much faster than two contending ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _random_resnet18_state(seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)

@@ -30,13 +30,6 @@ from btcxr.errors import BtcxrError
 BOX = ["x_min", "y_min", "x_max", "y_max"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine: contention makes 2 threads slower than 1
-    yield
-    torch.set_num_threads(threads)
-
 
 def write_square_cache(root: Path, n: dict[str, int], size: int = 64, n_neg: int = 2, seed: int = 0) -> Path:
     """A VinDr-format cache (btcxr.data.cache_format): one bright square ("Aortic enlargement", class 0)

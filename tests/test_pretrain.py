@@ -55,13 +55,6 @@ def make_unlabeled_cache(root: Path, n: int, size: int = 40, seed: int = 0) -> P
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread each is much faster than contended OpenMP
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:

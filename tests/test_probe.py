@@ -26,15 +26,6 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "probe" / "demo.yaml"
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "probe" / "paper.yaml"
 
 
-# ----------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine has 2 cores shared with other jobs: one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _phantom(rng: np.random.Generator, square: bool, band: bool, size: int = 64) -> np.ndarray:
     """Noise on a gradient; Atelectasis = a bright square (1/4 of the side) anywhere, Effusion = a bright

@@ -85,13 +85,6 @@ def _worker(rank: int, world: int, port: int, out: str, cache: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_two_ranks_equal_one_process_with_the_double_batch(tmp_path):
     cache = make_unlabeled_cache(tmp_path / "cache", n=20, size=32)  # 17 train images: 2 steps of 8

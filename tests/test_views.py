@@ -17,14 +17,6 @@ from btcxr.ssl.data import SeededViews
 from btcxr.ssl.views import IMAGENET_MEAN, IMAGENET_STD, FixedSize, TwoViews, model_input, paper_view
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _image(h: int = 40, w: int = 48, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (1, h, w), dtype=torch.uint8, generator=g)

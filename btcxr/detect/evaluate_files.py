@@ -18,10 +18,17 @@ import numpy as np
 import pandas as pd
 
 from btcxr.data.classes import NO_FINDING_ID
-from btcxr.data.csvcheck import first_bad, read_table, require_text, to_number
+from btcxr.data.csvcheck import read_table, require_text
 from btcxr.detect.ap import COCO_REC_THRS
 from btcxr.detect.metrics import DetectionEvaluation, evaluate_detections
-from btcxr.detect.predictions import BOX_COLUMNS, CLASS_NAMES, check_predictions, csv_header, read_predictions
+from btcxr.detect.predictions import (
+    BOX_COLUMNS,
+    CLASS_NAMES,
+    check_predictions,
+    class_and_boxes,
+    csv_header,
+    read_predictions,
+)
 from btcxr.errors import BtcxrError
 
 log = logging.getLogger(__name__)
@@ -50,14 +57,7 @@ def read_ground_truth(path: str | Path, *, fusion: str = "wbf", iou_thr: float =
         return check_ground_truth(fused, str(path)), info
     df = read_table(path, GT_COLUMNS, what="ground-truth annotations.csv")
     image_id = require_text(path, df, "image_id")
-    class_id = to_number(path, df, "class_id", integer=True)
-    first_bad(path, df, (class_id < 0) | (class_id > NO_FINDING_ID), "class_id", f"class id outside 0..{NO_FINDING_ID}")
-    is_box = class_id != NO_FINDING_ID
-    coords = {c: to_number(path, df, c, allow_empty=True) for c in BOX_COLUMNS}
-    for c in BOX_COLUMNS:
-        first_bad(path, df, is_box & coords[c].isna(), c, "box coordinate missing on a finding row")
-    first_bad(path, df, coords["x_max"] < coords["x_min"], "x_max", "x_max is smaller than x_min")
-    first_bad(path, df, coords["y_max"] < coords["y_min"], "y_max", "y_max is smaller than y_min")
+    class_id, coords = class_and_boxes(path, df)
     gt = pd.DataFrame({"image_id": image_id.to_numpy(dtype=object), "class_id": class_id.to_numpy(),
                        **{c: coords[c].to_numpy() for c in BOX_COLUMNS}})
     return gt, {"gt_format": "annotations.csv (fused boxes)"}

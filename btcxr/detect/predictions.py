@@ -81,9 +81,7 @@ def read_predictions_csv(path: str | Path) -> pd.DataFrame:
     required = ["image_id", "class_id", "score", *BOX_COLUMNS]
     df = read_table(path, required, what="predictions CSV (or a Kaggle submission: image_id,PredictionString)")
     image_id = require_text(path, df, "image_id")
-    class_id = to_number(path, df, "class_id", integer=True)
-    first_bad(path, df, (class_id < 0) | (class_id > NO_FINDING_ID), "class_id",
-              f"class id outside 0..{NO_FINDING_ID}")
+    class_id, coords = class_and_boxes(path, df)
     if "class_name" in df.columns:
         name = df["class_name"].fillna("").astype(str).str.strip()
         expected = pd.Series(np.asarray(CLASS_NAMES, dtype=object)[class_id.clip(0, NO_FINDING_ID)],
@@ -91,14 +89,23 @@ def read_predictions_csv(path: str | Path) -> pd.DataFrame:
         first_bad(path, df, (name != "") & (name != expected), "class_name",
                   "class_name does not match class_id (Kaggle numbering: 0 Aortic enlargement .. 14 No finding)")
     score = to_number(path, df, "score")
+    boxes = np.stack([coords[c].to_numpy() for c in BOX_COLUMNS], axis=1) if len(df) else np.zeros((0, 4))
+    return _finish(image_id.to_numpy(), class_id.to_numpy(), score.to_numpy(), boxes)
+
+
+def class_and_boxes(path: str | Path, df: pd.DataFrame) -> tuple[pd.Series, dict[str, pd.Series]]:
+    """Checked class_id and box columns of a predictions or annotations table (class 14 rows may lack
+    coordinates); errors name the file, line and field."""
+    class_id = to_number(path, df, "class_id", integer=True)
+    first_bad(path, df, (class_id < 0) | (class_id > NO_FINDING_ID), "class_id",
+              f"class id outside 0..{NO_FINDING_ID}")
     is_box = class_id != NO_FINDING_ID
     coords = {c: to_number(path, df, c, allow_empty=True) for c in BOX_COLUMNS}
     for c in BOX_COLUMNS:
         first_bad(path, df, is_box & coords[c].isna(), c, "box coordinate missing on a finding row")
     first_bad(path, df, coords["x_max"] < coords["x_min"], "x_max", "x_max is smaller than x_min")
     first_bad(path, df, coords["y_max"] < coords["y_min"], "y_max", "y_max is smaller than y_min")
-    boxes = np.stack([coords[c].to_numpy() for c in BOX_COLUMNS], axis=1) if len(df) else np.zeros((0, 4))
-    return _finish(image_id.to_numpy(), class_id.to_numpy(), score.to_numpy(), boxes)
+    return class_id, coords
 
 
 def parse_prediction_string(text: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

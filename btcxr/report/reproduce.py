@@ -83,6 +83,7 @@ class Context:
         self.backbone: Path | None = None
         self.inits: dict[str, str] = dict(exp.inits)
         self.baseline = exp.baseline
+        self.imagenet_replaced: str | None = None  # the init used instead when ImageNet weights are unavailable
 
     def config(self, path: str) -> Path:
         return _resolve(path, self.exp_path.parent)
@@ -168,6 +169,7 @@ def check_imagenet(ctx: Context, archs: set[str]) -> None:
         ctx.notes.append(f"ImageNet weights could not be loaded here ({reason}): the '{'/'.join(names)}' "
                          f"init was replaced by {fallback} init, and pre-training starts from it too.")
     ctx.imagenet_replaced = fallback
+    log.warning("%s", ctx.notes[-1])
 
 
 def _archs(ctx: Context) -> set[str]:
@@ -197,7 +199,7 @@ def run_pretrain(ctx: Context) -> None:
     path = ctx.config(ctx.exp.pretrain.config)
     cfg = load_config(PretrainConfig, path, [*ctx.exp.pretrain.overrides, f"data.cache={ctx.nih_cache}"])
     if cfg.model.init == "imagenet":
-        if getattr(ctx, "imagenet_replaced", None):
+        if ctx.imagenet_replaced:
             cfg.model.init = ctx.imagenet_replaced
         elif ctx.exp.imagenet_weights_file:
             cfg.model.weights_file = ctx.exp.imagenet_weights_file
