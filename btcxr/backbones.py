@@ -46,7 +46,7 @@ def build_resnet(arch: str = "resnet50", init: str = "imagenet", weights_file: s
         state, source = _imagenet_state(arch, name), f"torchvision {arch} {name}"
     else:
         state, source = load_checkpoint(init), str(init)
-    load_backbone_state(model, state, source)
+    load_backbone_state(model, state, source, arch)
     return model
 
 
@@ -88,7 +88,7 @@ def extract_backbone_state(state: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_backbone_state(model: nn.Module, state: dict, source: str) -> None:
+def load_backbone_state(model: nn.Module, state: dict, source: str, arch: str | None = None) -> None:
     """Load backbone weights into `model` strictly (fc excepted) and explain any mismatch."""
     weights = extract_backbone_state(state)
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
@@ -103,8 +103,7 @@ def load_backbone_state(model: nn.Module, state: dict, source: str) -> None:
             k = wrong_shape[0]
             detail.append(f"{len(wrong_shape)} with another shape (e.g. {k}: file {tuple(weights[k].shape)}, "
                           f"model {tuple(expected[k].shape)})")
-        arch = type(model).__name__
-        raise BtcxrError(f"backbone file {source} does not fit this {arch} "
+        raise BtcxrError(f"backbone file {source} does not fit this {arch or type(model).__name__} "
                          f"({len(expected)} tensors expected): {'; '.join(detail)}")
     if unexpected:
         log.info("%s: ignored %d tensors that are not part of the backbone (e.g. %s)", source, len(unexpected),

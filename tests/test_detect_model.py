@@ -175,3 +175,19 @@ def test_load_detector_refuses_other_checkpoints(tmp_path):
     torch.save(_random_resnet18_state(7), tmp_path / "resnet.pth")
     with pytest.raises(BtcxrError, match="not a detector checkpoint"):
         load_detector(tmp_path / "resnet.pth")
+
+
+def test_boxes_are_decoded_in_float32_under_bf16_autocast():
+    # torchvision decodes boxes in the dtype of the regression outputs: without the fp32 hooks, bf16
+    # autocast rounds proposals and detections to 2 px at 256..512 px (bf16 keeps 8 significant bits).
+    torch.manual_seed(0)
+    model = build_detector(ModelConfig(**{**SMALL, "size": 512}, init="random", box_score_thresh=0.0)).eval()
+    image = torch.rand(1, 512, 384)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        boxes = model([image])[0]["boxes"]
+        objectness, deltas = model.rpn.head([torch.rand(1, 16, 8, 8)])
+    assert boxes.dtype == torch.float32 and len(boxes) > 0
+    assert objectness[0].dtype == deltas[0].dtype == torch.float32
+    # coordinates between 256 and 512 are not all on the 2-px bf16 grid
+    big = boxes[(boxes >= 256) & (boxes < 512)]
+    assert len(big) > 0 and bool(((big / 2) != (big / 2).round()).any())

@@ -133,7 +133,7 @@ def test_backbone_reads_barlow_twins_and_torchvision_layouts(tmp_path):
 
 def test_backbone_of_the_wrong_arch_is_refused(tmp_path):
     torch.save(backbone_state_dict(build_resnet("resnet18", "random")), tmp_path / "r18.pth")
-    with pytest.raises(BtcxrError, match=r"r18.pth does not fit this ResNet.*missing.*another shape"):
+    with pytest.raises(BtcxrError, match=r"r18.pth does not fit this resnet50.*missing.*another shape"):
         build_resnet("resnet50", str(tmp_path / "r18.pth"))
 
 

@@ -270,6 +270,41 @@ def test_truncated_corrupt_and_missing_files(tmp_path):
         assert isinstance(err.value, BtcxrError)
 
 
+def test_damaged_rle_that_makes_the_rust_decoder_panic_is_a_read_error(tmp_path):
+    # pylibjpeg-rle panics (pyo3 PanicException, a BaseException) when a segment decodes to more bytes
+    # than the frame holds; it must come back as an ImageReadError, not escape as a traceback.
+    import struct
+
+    from pydicom.encaps import encapsulate
+
+    v = (np.arange(40 * 24).reshape(40, 24) % 4096).astype(np.uint16)
+    ds = pydicom.dcmread(make_dicom(tmp_path / "plain.dcm", v))
+    ds.compress(RLELossless, v)
+    segment = bytes([129, 7]) * 20  # replicate runs of 128 bytes: 2,560 bytes for a 960-byte segment
+    header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
+    ds.PixelData = encapsulate([header + segment + segment])
+    ds.save_as(tmp_path / "rle_bad.dcm", enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="corrupt or truncated pixel data") as err:
+        read_image(tmp_path / "rle_bad.dcm")
+    assert str(tmp_path / "rle_bad.dcm") in str(err.value)
+
+
+def test_truncated_compressed_dicom_says_truncated_and_warns_nothing(tmp_path):
+    v = (np.arange(40 * 24).reshape(40, 24) % 4096).astype(np.uint16)
+    ds = pydicom.dcmread(make_dicom(tmp_path / "plain.dcm", v))
+    ds.compress(RLELossless, v)
+    ds.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
+    data = (tmp_path / "rle.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 200])  # inside the encapsulated pixel data
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom's warning must not reach the user's terminal
+        with pytest.raises(ImageReadError, match="no Pixel Data .*truncated or corrupt") as err:
+            read_image(tmp_path / "cut.dcm")
+    assert str(tmp_path / "cut.dcm") in str(err.value)
+
+
 def test_patient_tags_never_leave_the_reader(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     v = gray_pattern().astype(np.uint16)

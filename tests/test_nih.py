@@ -173,6 +173,7 @@ def test_load_nih_missing_images_and_lists(nih_tree, caplog):
     with pytest.raises(BtcxrError) as err:
         load_nih(root)
     assert "2 of 12 images" in str(err.value) and names[7] in str(err.value) and names[8] in str(err.value)
+    assert "--allow-missing-images" in str(err.value)  # the flag that drops them, by name
     with caplog.at_level(logging.WARNING, logger="btcxr"):
         src = load_nih(root, require_images=False)
     assert "2 of 12 listed images not found; dropped" in caplog.text

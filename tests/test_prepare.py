@@ -269,6 +269,21 @@ def test_folder_tree(tmp_path):
         list_folder(root)
 
 
+def test_cache_of_another_root_is_refused_not_reused(tmp_path):
+    # Two exports with the same relative names: their image ids collide, so resuming the first cache
+    # from the second root would keep the first export's pixels under the second one's names.
+    first, second = tmp_path / "jan", tmp_path / "feb"
+    for root, seed in ((first, 0), (second, 1)):
+        root.mkdir()
+        Image.fromarray(gradient_image(40, 30, seed)).save(root / "x.png")
+    out = tmp_path / "cache"
+    assert prepare(settings("folder", first, out, size=32)).prepared == 1
+    with pytest.raises(BtcxrError, match="root=.*jan.*now .*feb"):
+        prepare(settings("folder", second, out, size=32))
+    reused = prepare(settings("folder", tmp_path / "." / "jan", out, size=32))  # same folder, other spelling
+    assert (reused.prepared, reused.reused) == (0, 1)
+
+
 # ----------------------------------------------------------------------------------------------- synth -> prepare
 def test_synth_layouts_prepare_end_to_end(tmp_path):
     """H1's phantom datasets in the three official layouts go through prepare and the datasets."""

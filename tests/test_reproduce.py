@@ -8,7 +8,7 @@ import pytest
 
 from btcxr.errors import BtcxrError
 from btcxr.report import reproduce as rp
-from btcxr.report.experiment import Experiment, detection_grid, load_experiment, shard
+from btcxr.report.experiment import DetectionRun, Experiment, detection_grid, load_experiment, shard
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 
@@ -150,6 +150,84 @@ def test_a_changed_setting_reruns_only_the_runs_it_touches(tmp_path, monkeypatch
         f"det_{i}_s96_f{f}_seed2" for i in ("random", "btcxr") for f in ("0.5", "1"))
 
 
+def test_report_lists_the_finetune_config_when_every_run_was_finished_earlier(tmp_path, monkeypatch):
+    exp_path = _fake_experiment(tmp_path)
+    out = tmp_path / "out"
+    fake = FakeFinetune()
+
+    def finetune_writing_config(cfg, out_dir, resume=False):
+        (Path(out_dir) / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "config.yaml").write_text(f"seed: {cfg.train.seed}\n")
+        return fake(cfg, out_dir, resume)
+
+    monkeypatch.setattr("btcxr.detect.train.finetune", finetune_writing_config)
+    rp.reproduce(exp_path, out=out)
+    fake.calls.clear()
+    html = rp.reproduce(exp_path, out=out).read_text()   # nothing redone, report rewritten
+    assert fake.calls == []
+    configs = html[html.index("<h2>Configs</h2>"):]
+    assert "finetune: " in configs and "experiment: " in configs
+
+
+def test_a_run_finished_with_other_settings_does_not_count_as_finished(tmp_path, monkeypatch):
+    exp_path = _fake_experiment(tmp_path)
+    out = tmp_path / "out"
+    monkeypatch.setattr("btcxr.detect.train.finetune", FakeFinetune())
+    rp.reproduce(exp_path, out=out)
+    stale = out / "runs" / "det_random_s96_f0.5_seed0" / rp.DONE   # shard 0's run (grid index 0)
+    stale.write_text(json.dumps({"fingerprint": "other-settings"}))
+    # Shard 1 must not write the report while shard 0 has still to redo that run.
+    assert rp.reproduce(exp_path, out=out, shard_index=1, shard_count=2) is None
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 7 and "det_random_s96_f0.5_seed0" not in set(results["run_id"])
+
+
+class FakeExplainSplit:
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, checkpoints, cache, split, out, labels, **kwargs):
+        self.calls.append(list(labels))
+        Path(out, "localisation.json").write_text(json.dumps({"models": {k: {} for k in labels}}))
+
+
+def _finished_detection_runs(ctx, inits):
+    for init in inits:
+        run_dir = ctx.out / "runs" / DetectionRun(init, max(ctx.exp.sizes), max(ctx.exp.fractions),
+                                                   ctx.exp.seeds[0]).run_id
+        run_dir.mkdir(parents=True)
+        (run_dir / rp.DONE).write_text(json.dumps({"fingerprint": f"{init}-v1"}))
+    return pd.DataFrame({"kind": ["detection"]})
+
+
+def test_localisation_compares_the_init_that_stands_in_for_a_dropped_imagenet(monkeypatch, tmp_path):
+    _no_imagenet(monkeypatch)
+    ctx = rp.Context(load_experiment(CONFIGS / "synthetic.yaml"), CONFIGS / "synthetic.yaml", tmp_path)
+    rp.check_imagenet(ctx, {"resnet18"})        # imagenet dropped, random is the baseline
+    assert ctx.exp.localisation.inits == ["imagenet", "btcxr"]
+    results = _finished_detection_runs(ctx, ["random", "btcxr"])
+    fake = FakeExplainSplit()
+    monkeypatch.setattr("btcxr.explain.run.explain_split", fake)
+    summary, _ = rp.run_localisation(ctx, results)
+    assert fake.calls == [["random", "btcxr"]]   # two models: the report gets its side-by-side CAM grid
+    assert set(summary["models"]) == {"random", "btcxr"}
+
+
+def test_localisation_is_redone_when_a_detection_run_it_explains_was_redone(monkeypatch, tmp_path):
+    exp = load_experiment(CONFIGS / "demo.yaml")
+    ctx = rp.Context(exp, CONFIGS / "demo.yaml", tmp_path)
+    results = _finished_detection_runs(ctx, ["random", "btcxr"])
+    fake = FakeExplainSplit()
+    monkeypatch.setattr("btcxr.explain.run.explain_split", fake)
+    rp.run_localisation(ctx, results)
+    rp.run_localisation(ctx, results)
+    assert len(fake.calls) == 1                  # same runs: not redone
+    run_dir = tmp_path / "runs" / DetectionRun("btcxr", 128, 1.0, 0).run_id
+    (run_dir / rp.DONE).write_text(json.dumps({"fingerprint": "btcxr-v2"}))   # fine-tuned again, same path
+    rp.run_localisation(ctx, results)
+    assert len(fake.calls) == 2
+
+
 # ----------------------------------------------------------------------- the demo, every stage real
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end(tmp_path, monkeypatch):
@@ -188,3 +266,28 @@ def test_demo_pipeline_end_to_end(tmp_path, monkeypatch):
     images = re.findall(r'<img[^>]+src="([^"]+)"', html)
     assert images and all((index.parent / src).exists() for src in images)
     assert "results.md" in {p.name for p in index.parent.iterdir()}
+
+
+def test_changed_settings_start_afresh_and_keep_the_old_run_aside(tmp_path, monkeypatch):
+    exp_path = _fake_experiment(tmp_path)
+    out = tmp_path / "out"
+    fake = FakeFinetune()
+    monkeypatch.setattr("btcxr.detect.train.finetune", fake)
+    rp.reproduce(exp_path, out=out)
+    fake.calls.clear()
+    rp.reproduce(exp_path, ["finetune.overrides=[optim.epochs=3]"], out=out)
+    assert len(fake.calls) == 8 and not any(resume for _, resume in fake.calls)  # fresh, not resumed
+    assert len(list((out / "runs").glob("det_*.stale-*"))) == 8
+
+
+def test_a_new_backbone_reruns_only_the_runs_that_use_it(tmp_path, monkeypatch):
+    exp_path = _fake_experiment(tmp_path)
+    out = tmp_path / "out"
+    fake = FakeFinetune()
+    monkeypatch.setattr("btcxr.detect.train.finetune", fake)
+    rp.reproduce(exp_path, out=out)
+    fake.calls.clear()
+    (tmp_path / "backbone.pth").write_bytes(b"other weights")  # pre-training produced another backbone
+    rp.reproduce(exp_path, out=out)
+    assert sorted(name for name, _ in fake.calls) == sorted(
+        f"det_btcxr_s96_f{f}_seed{s}" for f in ("0.5", "1") for s in (0, 1))

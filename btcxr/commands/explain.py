@@ -76,8 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Ablation-CAM: pytorch-grad-cam's ratio_channels_to_ablate (default: 0.5)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="Ablation-CAM: ablated copies per forward pass (default: 32)")
-    parser.add_argument("--tolerance", type=float, default=15.0,
-                        help="pointing game: pixels the peak may lie outside the box (default: 15)")
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="pointing game: pixels the peak may lie outside the box (default: 0, the peak "
+                             "must be inside; Zhang et al. used 15)")
     parser.add_argument("--no-figures", dest="figures", action="store_false",
                         help="IMAGES mode: write no pictures (tables only)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")

@@ -252,6 +252,11 @@ def _check_compatible(cache: Path, s: PrepareSettings) -> None:
             raise BtcxrError(f"--out {cache}: folder is not empty and holds no cache; choose an empty folder")
         return
     diff = [f"{k}={old.get(k)!r} (now {getattr(s, k)!r})" for k in IMAGE_SETTINGS if old.get(k) != getattr(s, k)]
+    # Finished images are reused by image id: ids of another dataset copy (a folder's relative paths,
+    # NIH file names) would silently keep the old copy's pixels.
+    root = str(Path(s.root).resolve())
+    if old.get("root") is not None and old["root"] != root:
+        diff.append(f"root={old['root']!r} (now {root!r})")
     if diff:
         raise BtcxrError(f"--out {cache}: this cache was prepared with {', '.join(diff)}; use another --out "
                          "folder (or delete this one) to prepare with other settings")
@@ -386,7 +391,6 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
             check_boxes_inside(ann, sizes, source_file)
             fused_parts.append(fuse_readers(ann, how, s.iou_thr, skip_thr, sizes=sizes, label_set=s.label_set))
         fused = pd.concat(fused_parts, ignore_index=True)
-        fused = fused[fused["image_id"].isin(done["image_id"])]
         # An image the readers annotated but the fusion's reader did not read has no row: left out.
         manifest = done.merge(split, on="image_id").merge(_labels_of(fused), on="image_id")
         manifest["patient_id"] = ""

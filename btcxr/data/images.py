@@ -23,6 +23,7 @@ ids and dates are never even read into memory, let alone returned or logged.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,12 +194,18 @@ def _read_dicom(path: Path, bits: int, max_pixels: int) -> Radiograph:
     import pydicom
     from pydicom.pixels import get_decoder
 
-    try:
-        ds = pydicom.dcmread(path, force=True, specific_tags=_PIXEL_TAGS)
-    except Exception as exc:  # untrusted bytes: any parser failure means the same to the user
-        raise ImageReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+    # pydicom reports a truncated file as a warning (and then has no Pixel Data): keep it for the reason.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(path, force=True, specific_tags=_PIXEL_TAGS)
+        except Exception as exc:  # untrusted bytes: any parser failure means the same to the user
+            raise ImageReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds:
-        raise ImageReadError(path, "DICOM file has no Pixel Data (7FE0,0010)")
+        detail = f" (truncated or corrupt: {caught[0].message})" if caught else ""
+        raise ImageReadError(path, f"DICOM file has no Pixel Data (7FE0,0010){detail}")
+    for warning in caught:
+        log.debug("%s: %s", path, warning.message)
     for keyword in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation"):
         if keyword not in ds:
             raise ImageReadError(path, f"DICOM file lacks {keyword}, needed to decode its pixels")
@@ -224,7 +231,11 @@ def _read_dicom(path: Path, bits: int, max_pixels: int) -> Radiograph:
         )
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # decoders raise many types; all mean the same to the user
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        # Decoders raise many types, all meaning the same to the user; the Rust plugins (pylibjpeg-rle)
+        # raise pyo3's PanicException on damaged data, which derives from BaseException, not Exception.
         raise ImageReadError(path, f"corrupt or truncated pixel data ({type(exc).__name__}: {exc})") from None
 
     try:

@@ -185,7 +185,7 @@ def load_nih(root: str | Path, require_images: bool = True) -> NihSource:
         if require_images:
             raise BtcxrError(
                 f"{root}: {len(names)} of {len(index)} images listed in {entry_path.name} were not found below "
-                f"this folder (e.g. {', '.join(names[:5])}); allow missing images to drop them instead"
+                f"this folder (e.g. {', '.join(names[:5])}); pass --allow-missing-images to drop them instead"
             )
         log.warning("%s: %d of %d listed images not found; dropped", root, len(names), len(index))
         index = index[~missing].reset_index(drop=True)

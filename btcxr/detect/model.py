@@ -103,7 +103,18 @@ def build_detector(cfg: ModelConfig) -> FasterRCNN:
     )
     # min_size = max_size = size: the longest side becomes `size` whatever the aspect; pad to 32.
     model.transform = GrayscaleRCNNTransform(cfg.size, cfg.size, IMAGENET_MEAN, IMAGENET_STD, size_divisible=32)
+    # torchvision's BoxCoder decodes in the dtype of the regression outputs: under bf16 autocast anchors,
+    # proposals, training targets and the final boxes would be bf16, i.e. rounded to 2-4 px at 640 px.
+    model.rpn.head.register_forward_hook(_outputs_to_fp32)
+    model.roi_heads.box_predictor.register_forward_hook(_outputs_to_fp32)
     return model
+
+
+def _outputs_to_fp32(module: nn.Module, inputs: Any, output: Any) -> Any:
+    """Forward hook: floating outputs (tensors, or lists/tuples of them) back to float32 under autocast."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    return type(output)(_outputs_to_fp32(module, inputs, o) for o in output)
 
 
 def _with_frozen_batchnorm(resnet: nn.Module, arch: str) -> nn.Module:

@@ -99,8 +99,10 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, env: DistEnv) -> Pat
                          f"({len(sampler)} on this rank), fewer than one batch of {per_rank}: "
                          "lower optim.batch_size or raise data.fraction")
     pin = env.device.type == "cuda"
+    # Workers are started afresh every epoch: their seeds then come from the main RNG state, which a resumed
+    # run restores, so the flips after a resume are those of an uninterrupted run.
     train_loader = DataLoader(train_set, batch_sampler=batches, num_workers=cfg.data.workers, collate_fn=collate,
-                              pin_memory=pin, persistent_workers=cfg.data.workers > 0)
+                              pin_memory=pin, persistent_workers=False)
     val_sampler = (DistributedSampler(val_set, num_replicas=env.world_size, rank=env.rank, shuffle=False)
                    if env.distributed else None)
     val_loader = DataLoader(val_set, batch_size=per_rank, sampler=val_sampler, shuffle=False,

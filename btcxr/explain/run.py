@@ -275,7 +275,7 @@ def explain_images(checkpoints: Sequence[str | Path], images: Sequence[str | Pat
                    labels: Sequence[str] | None = None, method: str = "ablation", layer: str = DEFAULT_LAYER,
                    score_thr: float = 0.3, top_k: int = 10, ratio: float = 0.5, batch_size: int = 32,
                    device: str = "auto", cache: str | Path | None = None, figures: bool = True,
-                   tolerance: float = 15.0, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+                   tolerance: float = 0.0, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Explain every box of every image (files or folders) for each checkpoint; see the module docstring.
 
     With `cache`, images whose id (file name without suffix) is in the cache get their ground-truth boxes
@@ -313,7 +313,7 @@ def explain_split(checkpoints: Sequence[str | Path], cache: str | Path, split: s
                   labels: Sequence[str] | None = None, method: str = "ablation", layer: str = DEFAULT_LAYER,
                   score_thr: float = 0.3, top_k: int = 10, ratio: float = 0.5, batch_size: int = 32,
                   device: str = "auto", max_images: int | None = None, grid_images: int = 8,
-                  tolerance: float = 15.0, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+                  tolerance: float = 0.0, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Localisation score of each checkpoint's heatmaps over the images of a cache split that hold finding
     boxes (the first `max_images`); pictures (per box and grids) for the first `grid_images` of them.
     Returns the summary written to localisation.json (settings + {"models": ...})."""

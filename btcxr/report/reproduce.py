@@ -61,6 +61,28 @@ def _mark_done(run_dir: Path, key: str, **info: Any) -> None:
     tmp.replace(run_dir / DONE)
 
 
+def _start_run(run_dir: Path, key: str) -> bool:
+    """Get `run_dir` ready for the run with settings `key`; True when an interrupted run is to be resumed.
+
+    A folder left by a run with other settings is moved aside (never deleted) and the run starts afresh."""
+    started = run_dir / "started.json"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        previous = json.loads(started.read_text()).get("fingerprint") if started.exists() else None
+        if previous != key:
+            stale = run_dir.with_name(f"{run_dir.name}.stale-{previous or 'unknown'}")
+            log.warning("%s holds a run with other settings: moved to %s, starting afresh", run_dir, stale.name)
+            run_dir.rename(stale)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started.write_text(json.dumps({"fingerprint": key}) + "\n")
+    return (run_dir / "last.pt").exists()
+
+
+def _run_key(ctx: Context, init: str, settings: dict) -> str:
+    """Settings of a run plus what it inherits: the data, and our pre-training for the btcxr init."""
+    backbone = ctx.backbone_key if ctx.inits.get(init) == "btcxr" else None
+    return fingerprint({"settings": settings, "data": ctx.data_key, "backbone": backbone})
+
+
 def _resolve(path: str, base: Path) -> Path:
     """Config paths are taken relative to the working directory, then to the experiment file."""
     p = Path(path)
@@ -84,6 +106,10 @@ class Context:
         self.inits: dict[str, str] = dict(exp.inits)
         self.baseline = exp.baseline
         self.imagenet_replaced: str | None = None  # the init used instead when ImageNet weights are unavailable
+        self.renamed: dict[str, str] = {}  # dropped init name -> the compared init that stands in for it
+        # What runs depend on upstream: the data settings, and the backbone our pre-training produced.
+        self.data_key = fingerprint(config_to_dict(exp.data))
+        self.backbone_key: str | None = None
 
     def config(self, path: str) -> Path:
         return _resolve(path, self.exp_path.parent)
@@ -156,10 +182,12 @@ def check_imagenet(ctx: Context, archs: set[str]) -> None:
     names = [n for n, spec in ctx.inits.items() if spec == "imagenet"]
     if fallback in ctx.inits.values():
         # The fallback init is already compared: ImageNet runs would only repeat it.
+        stand_in = next(n for n, s in ctx.inits.items() if s == fallback)
         for name in names:
             del ctx.inits[name]
+            ctx.renamed[name] = stand_in
         if ctx.baseline in names:
-            ctx.baseline = next(n for n, s in ctx.inits.items() if s == fallback)
+            ctx.baseline = stand_in
         ctx.notes.append(f"ImageNet weights could not be loaded here ({reason}). The ImageNet init was "
                          f"dropped and '{ctx.baseline}' ({fallback} init) is the baseline instead; pre-training "
                          f"also starts from {fallback} init.")
@@ -192,6 +220,8 @@ def run_pretrain(ctx: Context) -> None:
         ctx.backbone = Path(ctx.exp.pretrain.backbone)
         if not ctx.backbone.is_file():
             raise BtcxrError(f"{ctx.exp_path}: pretrain.backbone {ctx.backbone} does not exist")
+        stat = ctx.backbone.stat()
+        ctx.backbone_key = fingerprint({"file": str(ctx.backbone), "bytes": stat.st_size, "mtime": stat.st_mtime})
         return
     from btcxr.ssl.config import PretrainConfig
     from btcxr.ssl.train import pretrain
@@ -205,7 +235,8 @@ def run_pretrain(ctx: Context) -> None:
             cfg.model.weights_file = ctx.exp.imagenet_weights_file
     run_dir = ctx.out / "pretrain"
     ctx.configs["pretrain"] = run_dir / "config.yaml"
-    key = fingerprint(config_to_dict(cfg))
+    key = fingerprint({"config": config_to_dict(cfg), "data": ctx.data_key})
+    ctx.backbone_key = key
     with _stage_lock(ctx.out, "pretrain"):
         if not _is_done(run_dir, key):
             ctx.backbone = pretrain(cfg, run_dir, resume=(run_dir / "last.pt").exists())
@@ -244,15 +275,16 @@ def run_detection(ctx: Context, run: DetectionRun) -> None:
 
     cfg = detection_config(ctx, run)
     run_dir = ctx.out / "runs" / run.run_id
-    key = fingerprint(config_to_dict(cfg))
+    key = _run_key(ctx, run.init, config_to_dict(cfg))
+    # Recorded whether or not the run is redone: the report shows the configs of every launch.
+    ctx.configs.setdefault("finetune", run_dir / "config.yaml")
     if _is_done(run_dir, key):
         log.info("%s: finished earlier, skipped", run.run_id)
         return
     log.info("%s: fine-tuning (init %s, %d px, %g of the labels, seed %d)", run.run_id, run.init, run.size,
              run.fraction, run.seed)
-    best = finetune(cfg, run_dir, resume=(run_dir / "last.pt").exists())
+    best = finetune(cfg, run_dir, resume=_start_run(run_dir, key))
     _mark_done(run_dir, key, checkpoint=best)
-    ctx.configs.setdefault("finetune", run_dir / "config.yaml")
 
 
 # ------------------------------------------------------------------------------------------- probe
@@ -263,21 +295,32 @@ def probe_runs(ctx: Context) -> list[tuple[str, float, int]]:
 
 
 def run_probe(ctx: Context, init: str, fraction: float, seed: int) -> None:
-    from btcxr.classify.config import ProbeConfig
     from btcxr.classify.train import probe
+
+    cfg, backbone, weights = probe_config(ctx, init, fraction, seed)
+    run_dir = ctx.out / "runs" / _probe_id(init, fraction, seed)
+    key = _probe_key(ctx, init, cfg, backbone, weights)
+    ctx.configs.setdefault("probe", run_dir / "config.yaml")
+    if _is_done(run_dir, key):
+        return
+    log.info("%s: NIH probe", run_dir.name)
+    probe(cfg, backbone, run_dir, init_weights=weights, resume=_start_run(run_dir, key))
+    _mark_done(run_dir, key)
+
+
+def probe_config(ctx: Context, init: str, fraction: float, seed: int):
+    """(probe config, backbone, ImageNet weights file) of one probe run of the grid."""
+    from btcxr.classify.config import ProbeConfig
 
     overrides = [*ctx.exp.probe.overrides, f"data.cache={ctx.nih_cache}", f"data.fraction={fraction}",
                  f"seed={seed}", f"probe.mode={ctx.exp.probe.mode}"]
     cfg = load_config(ProbeConfig, ctx.config(ctx.exp.probe.config), overrides)
     backbone, weights = init_spec(ctx, init)
-    run_dir = ctx.out / "runs" / _probe_id(init, fraction, seed)
-    key = fingerprint({"config": config_to_dict(cfg), "backbone": backbone, "weights": weights})
-    if _is_done(run_dir, key):
-        return
-    log.info("%s: NIH probe", run_dir.name)
-    probe(cfg, backbone, run_dir, init_weights=weights, resume=(run_dir / "last.pt").exists())
-    _mark_done(run_dir, key)
-    ctx.configs.setdefault("probe", run_dir / "config.yaml")
+    return cfg, backbone, weights
+
+
+def _probe_key(ctx: Context, init: str, cfg, backbone: str, weights: str | None) -> str:
+    return _run_key(ctx, init, {"config": config_to_dict(cfg), "backbone": backbone, "weights": weights})
 
 
 def _probe_id(init: str, fraction: float, seed: int) -> str:
@@ -286,14 +329,16 @@ def _probe_id(init: str, fraction: float, seed: int) -> str:
 
 # ----------------------------------------------------------------------------------------- results
 def collect_results(ctx: Context) -> pd.DataFrame:
-    """One row per finished run of the whole grid (all shards), as in results.csv."""
+    """One row per finished run of the whole grid (all shards), as in results.csv. A run finished with
+    other settings (its done.json fingerprint differs) is not finished: its shard has yet to redo it."""
     from btcxr.data.classes import NIH_LABELS, VINDR_CLASSES
 
     rows: list[dict[str, Any]] = []
     for run in detection_runs(ctx):
         run_dir = ctx.out / "runs" / run.run_id
         metrics_path = run_dir / "test_metrics.json"
-        if not (run_dir / DONE).exists() or not metrics_path.exists():
+        key = _run_key(ctx, run.init, config_to_dict(detection_config(ctx, run)))
+        if not _is_done(run_dir, key) or not metrics_path.exists():
             continue
         m = json.loads(metrics_path.read_text())
         ci = m.get("map50_ci") or [math.nan, math.nan]
@@ -307,7 +352,8 @@ def collect_results(ctx: Context) -> pd.DataFrame:
     for init, fraction, seed in probe_runs(ctx):
         run_dir = ctx.out / "runs" / _probe_id(init, fraction, seed)
         results_path = run_dir / "results.json"
-        if not (run_dir / DONE).exists() or not results_path.exists():
+        key = _probe_key(ctx, init, *probe_config(ctx, init, fraction, seed))
+        if not _is_done(run_dir, key) or not results_path.exists():
             continue
         r = json.loads(results_path.read_text())
         row = {"run_id": run_dir.name, "kind": "probe", "init": init, "size": r.get("input_size"),
@@ -325,7 +371,8 @@ def collect_results(ctx: Context) -> pd.DataFrame:
 def run_localisation(ctx: Context, results: pd.DataFrame) -> tuple[dict | None, list[Path]]:
     """Ablation-CAM of the chosen inits' detectors on the test split: the score and the CAM grids."""
     loc = ctx.exp.localisation
-    inits = [i for i in loc.inits if i in ctx.inits]
+    # An init dropped by the ImageNet fallback is compared through the init standing in for it.
+    inits = [i for i in dict.fromkeys(ctx.renamed.get(i, i) for i in loc.inits) if i in ctx.inits]
     det = results[results["kind"] == "detection"] if len(results) else results
     if not loc.enabled or len(inits) == 0 or len(det) == 0:
         return None, []
@@ -333,15 +380,17 @@ def run_localisation(ctx: Context, results: pd.DataFrame) -> tuple[dict | None, 
 
     # The runs compared: the largest size and label fraction, the first seed.
     size, fraction, seed = max(ctx.exp.sizes), max(ctx.exp.fractions), ctx.exp.seeds[0]
-    checkpoints = {}
+    checkpoints, runs = {}, {}
     for init in inits:
         run_dir = ctx.out / "runs" / DetectionRun(init, size, fraction, seed).run_id
         if (run_dir / DONE).exists():
             checkpoints[init] = run_dir / "best.pt"
+            # The run's own fingerprint: a redone fine-tuning run (same path, new weights) redoes this stage.
+            runs[init] = json.loads((run_dir / DONE).read_text()).get("fingerprint")
     if not checkpoints:
         return None, []
     out = ctx.out / "localisation"
-    key = fingerprint({"checkpoints": {k: str(v) for k, v in checkpoints.items()}, "layer": loc.layer,
+    key = fingerprint({"checkpoints": {k: str(v) for k, v in checkpoints.items()}, "runs": runs, "layer": loc.layer,
                        "ratio": loc.ratio, "score_thr": loc.score_thr, "max_images": loc.max_images,
                        "grids": ctx.exp.cam_examples})
     if not _is_done(out, key):
