@@ -126,3 +126,12 @@ def test_missing_cache_files_are_clear_errors(caches, tmp_path):
         shutil.copytree(caches["vindr"], no_ann)
         (no_ann / "annotations.csv").unlink()
         VindrDetection(no_ann, "train")
+
+
+def test_damaged_annotations_csv_is_a_clear_error(tmp_path):
+    from btcxr.data.cache_format import read_annotations
+    from btcxr.errors import BtcxrError
+
+    (tmp_path / "annotations.csv").write_bytes(b"image_id,class_id\n\"unterminated,1\n")
+    with pytest.raises(BtcxrError, match="annotations.csv: cannot parse the annotations"):
+        read_annotations(tmp_path)

@@ -330,3 +330,22 @@ def test_synth_layouts_prepare_end_to_end(tmp_path):
             if path.is_file():
                 data_bytes = path.read_bytes()
                 assert not any(secret in data_bytes for secret in secrets), path
+
+
+def test_nih_boxes_are_kept_in_the_original_frame_and_checked(tmp_path):
+    from btcxr.data.synthetic import generate
+
+    root = tmp_path / "nih"
+    generate(root, "nih", n=30, size=128, seed=3, normal_fraction=0.0, contact_sheet=False, workers=1)
+    raw = pd.read_csv(root / "BBox_List_2017.csv")
+    prepare(PrepareSettings(dataset="nih", root=str(root), out=str(tmp_path / "c"), size=64, workers=1))
+    boxes = pd.read_csv(tmp_path / "c" / "nih_boxes.csv")
+    assert len(boxes) == len(raw) > 0
+    x, y, w, h = raw.iloc[0][["Bbox [x", "y", "w", "h]"]]
+    first = boxes[boxes["image_id"] == raw.iloc[0]["Image Index"]].iloc[0]
+    assert (first["x_min"], first["y_min"], first["x_max"], first["y_max"]) == pytest.approx((x, y, x + w, y + h))
+
+    raw.loc[0, "w"] = 10 * 128  # a box far outside its 128 px image
+    raw.to_csv(root / "BBox_List_2017.csv", index=False)
+    with pytest.raises(BtcxrError, match=r"BBox_List_2017.csv.*lies outside the 128 x 128 image"):
+        prepare(PrepareSettings(dataset="nih", root=str(root), out=str(tmp_path / "c2"), size=64, workers=1))

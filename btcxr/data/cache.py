@@ -36,6 +36,7 @@ from btcxr.data.cache_format import (
     IMAGES_DIR,
     MANIFEST,
     MANIFEST_COLUMNS,
+    NIH_BOXES,
     SETTINGS,
     Journal,
     cache_file_name,
@@ -329,6 +330,12 @@ def _plan_nih(s: PrepareSettings, cache: Path) -> _Plan:
         manifest = done.merge(meta, on="image_id", how="inner", validate="one_to_one")
         manifest["patient_id"] = manifest["patient_id"].astype(str)
         _write_manifest(cache, manifest)
+        if source.bboxes is not None:  # NIH's 984 boxes, kept in the original frame for localisation studies
+            from btcxr.data.vindr import check_boxes_inside
+
+            boxes = source.bboxes[source.bboxes["image_id"].isin(manifest["image_id"])]
+            check_boxes_inside(boxes, manifest, f"BBox_List_2017.csv under {s.root}")
+            write_csv_atomic(boxes, cache / NIH_BOXES)
         pretrain = ["train", "val"] + (["test", "reserved"] if s.include_test_in_pretrain else [])
         return {"images": len(manifest), "split_file": name, "pretrain_splits": pretrain,
                 "parts": manifest["split"].value_counts().to_dict()}

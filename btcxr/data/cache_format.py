@@ -26,6 +26,7 @@ from btcxr.errors import BtcxrError
 
 MANIFEST = "manifest.csv"
 ANNOTATIONS = "annotations.csv"
+NIH_BOXES = "nih_boxes.csv"  # NIH BBox_List_2017 boxes of the cached images, original pixels
 SETTINGS = "prepare.json"
 ERRORS = "errors.csv"
 JOURNAL = "journal.csv"
@@ -174,7 +175,10 @@ def read_annotations(cache: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise BtcxrError(f"{cache}: {ANNOTATIONS} is missing; detection needs a VinDr cache "
                          "(`btcxr prepare vindr ...`)")
-    frame = pd.read_csv(path, dtype={"image_id": str, "class_name": str})
+    try:
+        frame = pd.read_csv(path, dtype={"image_id": str, "class_name": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise BtcxrError(f"{path}: cannot parse the annotations ({exc})") from exc
     missing = [c for c in ANNOTATION_COLUMNS if c not in frame.columns]
     if missing:
         raise BtcxrError(f"{path}: missing column(s) {', '.join(missing)}")

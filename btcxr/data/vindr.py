@@ -242,7 +242,8 @@ def check_boxes_inside(ann: pd.DataFrame, sizes: pd.DataFrame, source: str) -> N
     if bad.any():
         row = merged[bad].iloc[0]
         raise BtcxrError(
-            f"{source}: image {row['image_id']}: box {row.get('class_name', '')} by {row.get('rad_id', '?')} "
+            f"{source}: image {row['image_id']}: box {row.get('class_name', '')}"
+            f"{' by ' + str(row['rad_id']) if 'rad_id' in row else ''} "
             f"[{row['x_min']:g}, {row['y_min']:g}, {row['x_max']:g}, {row['y_max']:g}] lies outside the "
             f"{int(row['orig_width'])} x {int(row['orig_height'])} image ({int(bad.sum())} such box(es))"
         )
