@@ -278,6 +278,9 @@ def test_changed_settings_start_afresh_and_keep_the_old_run_aside(tmp_path, monk
     rp.reproduce(exp_path, ["finetune.overrides=[optim.epochs=3]"], out=out)
     assert len(fake.calls) == 8 and not any(resume for _, resume in fake.calls)  # fresh, not resumed
     assert len(list((out / "runs").glob("det_*.stale-*"))) == 8
+    rp.reproduce(exp_path, out=out)                                             # back to the first settings
+    rp.reproduce(exp_path, ["finetune.overrides=[optim.epochs=3]"], out=out)   # ... and again
+    assert len(list((out / "runs").glob("det_*.stale-*"))) == 24
 
 
 def test_a_new_backbone_reruns_only_the_runs_that_use_it(tmp_path, monkeypatch):

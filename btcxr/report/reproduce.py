@@ -70,6 +70,10 @@ def _start_run(run_dir: Path, key: str) -> bool:
         previous = json.loads(started.read_text()).get("fingerprint") if started.exists() else None
         if previous != key:
             stale = run_dir.with_name(f"{run_dir.name}.stale-{previous or 'unknown'}")
+            for n in range(1, 1000):  # a run may go back and forth between settings
+                if not stale.exists():
+                    break
+                stale = run_dir.with_name(f"{run_dir.name}.stale-{previous or 'unknown'}-{n}")
             log.warning("%s holds a run with other settings: moved to %s, starting afresh", run_dir, stale.name)
             run_dir.rename(stale)
     run_dir.mkdir(parents=True, exist_ok=True)
