@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from btcxr.backbones import backbone_state_dict
+from btcxr.backbones import DEFAULT_IMAGENET, backbone_state_dict
 from btcxr.detect.config import ModelConfig
 from btcxr.detect.model import (
     IMAGENET_MEAN,
@@ -50,9 +50,9 @@ def test_imagenet_init_from_torch_home_loads_exactly(tmp_path, monkeypatch):
     state = _random_resnet18_state(1)
     hub = tmp_path / "hub" / "checkpoints"
     hub.mkdir(parents=True)
-    torch.save(state, hub / "resnet18-f37072fd.pth")  # the file name of IMAGENET1K_V1's url
+    torch.save(state, hub / "resnet18-f37072fd.pth")  # the file name in the url of resnet18's V1 weights
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    model = build_detector(ModelConfig(init="imagenet", imagenet_weights="IMAGENET1K_V1", **SMALL))
+    model = build_detector(ModelConfig(init="imagenet", imagenet_weights=DEFAULT_IMAGENET["resnet18"], **SMALL))
     _assert_body_equals(model, state)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from btcxr.backbones import backbone_state_dict, build_resnet
+from btcxr.backbones import DEFAULT_IMAGENET, backbone_state_dict, build_resnet
 from btcxr.config import load_config, save_config
 from btcxr.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from btcxr.engine.runlog import MetricsLog, read_metrics
@@ -139,7 +139,7 @@ def test_backbone_of_the_wrong_arch_is_refused(tmp_path):
 
 def test_imagenet_init_uses_torchvision_weights_enum_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    weights = torchvision.models.get_model_weights("resnet18")[DEFAULT_IMAGENET["resnet18"]]
     local = torchvision.models.resnet18()
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(local.state_dict(), tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1])

@@ -109,6 +109,18 @@ class FakeFinetune:
         return out / "best.pt"
 
 
+@pytest.fixture
+def finished(tmp_path, monkeypatch):
+    """A fake experiment whose whole grid has run once: (experiment file, output folder, fake finetune)."""
+    exp_path = _fake_experiment(tmp_path)
+    out = tmp_path / "out"
+    fake = FakeFinetune()
+    monkeypatch.setattr("btcxr.detect.train.finetune", fake)
+    rp.reproduce(exp_path, out=out)
+    fake.calls.clear()
+    return exp_path, out, fake
+
+
 def test_shards_resume_and_never_redo_a_finished_run(tmp_path, monkeypatch):
     exp_path = _fake_experiment(tmp_path)
     out = tmp_path / "out"
@@ -138,13 +150,8 @@ def test_shards_resume_and_never_redo_a_finished_run(tmp_path, monkeypatch):
     assert "Detection: test mAP50" in html and "btcxr" in html
 
 
-def test_a_changed_setting_reruns_only_the_runs_it_touches(tmp_path, monkeypatch):
-    exp_path = _fake_experiment(tmp_path)
-    out = tmp_path / "out"
-    fake = FakeFinetune()
-    monkeypatch.setattr("btcxr.detect.train.finetune", fake)
-    rp.reproduce(exp_path, out=out)
-    fake.calls.clear()
+def test_a_changed_setting_reruns_only_the_runs_it_touches(finished):
+    exp_path, out, fake = finished
     rp.reproduce(exp_path, ["seeds=[0, 1, 2]"], out=out)
     assert sorted(name for name, _ in fake.calls) == sorted(
         f"det_{i}_s96_f{f}_seed2" for i in ("random", "btcxr") for f in ("0.5", "1"))
@@ -268,13 +275,8 @@ def test_demo_pipeline_end_to_end(tmp_path, monkeypatch):
     assert "results.md" in {p.name for p in index.parent.iterdir()}
 
 
-def test_changed_settings_start_afresh_and_keep_the_old_run_aside(tmp_path, monkeypatch):
-    exp_path = _fake_experiment(tmp_path)
-    out = tmp_path / "out"
-    fake = FakeFinetune()
-    monkeypatch.setattr("btcxr.detect.train.finetune", fake)
-    rp.reproduce(exp_path, out=out)
-    fake.calls.clear()
+def test_changed_settings_start_afresh_and_keep_the_old_run_aside(finished):
+    exp_path, out, fake = finished
     rp.reproduce(exp_path, ["finetune.overrides=[optim.epochs=3]"], out=out)
     assert len(fake.calls) == 8 and not any(resume for _, resume in fake.calls)  # fresh, not resumed
     assert len(list((out / "runs").glob("det_*.stale-*"))) == 8
@@ -283,14 +285,9 @@ def test_changed_settings_start_afresh_and_keep_the_old_run_aside(tmp_path, monk
     assert len(list((out / "runs").glob("det_*.stale-*"))) == 24
 
 
-def test_a_new_backbone_reruns_only_the_runs_that_use_it(tmp_path, monkeypatch):
-    exp_path = _fake_experiment(tmp_path)
-    out = tmp_path / "out"
-    fake = FakeFinetune()
-    monkeypatch.setattr("btcxr.detect.train.finetune", fake)
-    rp.reproduce(exp_path, out=out)
-    fake.calls.clear()
-    (tmp_path / "backbone.pth").write_bytes(b"other weights")  # pre-training produced another backbone
+def test_a_new_backbone_reruns_only_the_runs_that_use_it(finished):
+    exp_path, out, fake = finished
+    (exp_path.parent / "backbone.pth").write_bytes(b"other weights")  # pre-training produced another backbone
     rp.reproduce(exp_path, out=out)
     assert sorted(name for name, _ in fake.calls) == sorted(
         f"det_btcxr_s96_f{f}_seed{s}" for f in ("0.5", "1") for s in (0, 1))
