@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
@@ -236,8 +237,6 @@ def test_user_errors_reach_the_command_line(tmp_path, capsys):
 
 
 def torchvision_resnet18_state() -> dict[str, torch.Tensor]:
-    import torchvision
-
     return torchvision.models.resnet18(weights=None).state_dict()
 
 
@@ -245,7 +244,10 @@ def test_paper_configs_hold_the_paper_recipe():
     root = Path(__file__).resolve().parents[1] / "configs" / "finetune"
     for name, size in (("paper_640.yaml", 640), ("paper_224.yaml", 224)):
         cfg = load_config(FinetuneConfig, root / name)
-        assert (cfg.model.arch, cfg.model.size, cfg.model.imagenet_weights) == ("resnet50", size, "IMAGENET1K_V1")
+        assert (cfg.model.arch, cfg.model.size) == ("resnet50", size)
+        # The paper's ImageNet baseline: torchvision's first ResNet-50 weights (MMDetection's torchvision://resnet50).
+        url = torchvision.models.get_model_weights("resnet50")[cfg.model.imagenet_weights].url
+        assert url.endswith("/resnet50-0676ba61.pth")
         assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.005, 0.9, 1e-4)
         assert (cfg.optim.warmup_iters, cfg.optim.warmup_factor, cfg.optim.final_lr) == (500, 0.001, 1e-4)
         assert (cfg.optim.epochs, cfg.optim.batch_size, cfg.train.hflip) == (50, 32, 0.5)
