@@ -44,8 +44,8 @@ def sync(device: torch.device) -> None:
 
 def bench_model(arch: str, size: int, iters: int, batch: int, device: torch.device) -> dict[str, float]:
     from btcxr.detect.config import ModelConfig
-    from btcxr.detect.engine import amp_context
     from btcxr.detect.model import build_detector
+    from btcxr.engine.runtime import autocast
 
     amp = "bf16" if device.type == "cuda" else "none"
     cfg = ModelConfig(arch=arch, init="random", norm="frozen", trainable_layers=3, size=size)
@@ -60,7 +60,7 @@ def bench_model(arch: str, size: int, iters: int, batch: int, device: torch.devi
     for k in range(iters + 1):  # the first step warms up allocators and kernels
         sync(device)
         start = time.perf_counter()
-        with amp_context(device, amp):
+        with autocast(device, amp):
             loss = sum(model(images, targets).values())
         opt.zero_grad()
         loss.backward()
@@ -76,7 +76,7 @@ def bench_model(arch: str, size: int, iters: int, batch: int, device: torch.devi
         for k in range(iters + 1):
             sync(device)
             start = time.perf_counter()
-            with amp_context(device, amp):
+            with autocast(device, amp):
                 model(images[:1])
             sync(device)
             if k:
@@ -85,7 +85,7 @@ def bench_model(arch: str, size: int, iters: int, batch: int, device: torch.devi
         for k in range(max(2, iters // 2 + 1)):
             sync(device)
             start = time.perf_counter()
-            with amp_context(device, amp):
+            with autocast(device, amp):
                 model(images)
             sync(device)
             if k:
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--no-eval", action="store_true", help="skip the validation-metric timing")
     args = parser.parse_args()
 
-    from btcxr.detect.engine import resolve_device
+    from btcxr.engine.runtime import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

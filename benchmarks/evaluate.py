@@ -1,6 +1,7 @@
 """Detection metrics at full VinDr size: our vectorised evaluation vs pycocotools' COCOeval.
 
 Run: .venv/bin/python benchmarks/evaluate.py [--gt wbf|reader] [--bootstrap 1000]
+Needs the test extra (`pip install -e '.[test]'`): pycocotools and torchxrayvision.
 
 Ground truth: the real VinDr-CXR train.csv shipped in the torchxrayvision wheel, 15,000 images, fused
 with WBF (default) or one reader per image. Predictions: every reader's box jittered (12 % of its size),

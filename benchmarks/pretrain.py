@@ -48,6 +48,8 @@ def make_cache(root: Path, n: int, size: int) -> Path:
     import pandas as pd
     from PIL import Image
 
+    from btcxr.engine.io import write_csv
+
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rows = []
@@ -58,7 +60,7 @@ def make_cache(root: Path, n: int, size: int) -> Path:
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"b{i:05d}.png")
         rows.append({"image_id": f"b{i:05d}", "file": f"images/b{i:05d}.png", "patient_id": i, "split": "train",
                      "labels": "", "orig_width": size, "orig_height": size, "scale": 1.0})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    write_csv(root / "manifest.csv", pd.DataFrame(rows))
     return root
 
 

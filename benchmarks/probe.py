@@ -29,6 +29,7 @@ def write_cache(root: Path, n: int, size: int, seed: int = 0) -> Path:
     """An NIH cache as `btcxr prepare nih` writes it: 60 / 20 / 20 % train / val / test, random labels."""
     from btcxr.data.cache_format import MANIFEST_COLUMNS
     from btcxr.data.classes import NIH_LABELS
+    from btcxr.engine.io import write_csv, write_text
 
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
@@ -40,8 +41,8 @@ def write_cache(root: Path, n: int, size: int, seed: int = 0) -> Path:
         labels = [name for name in NIH_LABELS[:-1] if rng.random() < 0.15] or ["No Finding"]
         rows.append({"image_id": image_id, "file": f"images/{image_id}", "patient_id": str(i), "split": split,
                      "labels": "|".join(labels), "orig_width": size, "orig_height": size, "scale": 1.0})
-    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(root / "manifest.csv", index=False)
-    (root / "prepare.json").write_text('{"dataset": "nih"}')
+    write_csv(root / "manifest.csv", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
+    write_text(root / "prepare.json", '{"dataset": "nih"}\n')
     return root
 
 

@@ -95,8 +95,14 @@ def load_backbone_state(model: nn.Module, state: dict, source: str, arch: str | 
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     wrong_shape = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
-    if missing or wrong_shape:
+    # Body tensors the model has no place for: the file holds a deeper ResNet (e.g. resnet34 into resnet18),
+    # which must not load "successfully" into the first blocks of each stage.
+    foreign = [k for k in unexpected if k.startswith(("conv1.", "bn1.", "layer"))]
+    if missing or wrong_shape or foreign:
         detail = []
+        if foreign:
+            detail.append(f"{len(foreign)} ResNet tensors this model has no place for (e.g. {foreign[0]}): "
+                          "the file holds another architecture; set model.arch to the one it was trained as")
         if missing:
             detail.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
         if wrong_shape:

@@ -6,7 +6,9 @@ traced back to the exact settings behind it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 import types
 import typing
 from pathlib import Path
@@ -17,6 +19,7 @@ import yaml
 from btcxr.errors import BtcxrError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
@@ -45,7 +48,52 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             if not isinstance(node, dict):
                 raise BtcxrError(f"override {item!r}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
-    return _build(cls, data, source, prefix="")
+    for old, new in _moved_keys(cls, data):
+        log.warning("%s: config key %s moved to %s; it was read as %s (update the file)", source, old, new, new)
+    return _build(cls, migrate_config_dict(cls, data), source, prefix="")
+
+
+def migrate_config_dict(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping of an older version in today's vocabulary: every key in `cls.MOVED` (old dotted key
+    -> (new dotted key, value converter or None)) is moved to its new place."""
+    data = copy.deepcopy(data)
+    for old, (new, convert) in getattr(cls, "MOVED", {}).items():
+        *parents, leaf = old.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        if parents and not node:  # a section emptied by the move goes too
+            _pop_path(data, parents)
+        *new_parents, new_leaf = new.split(".")
+        target = data
+        for part in new_parents:
+            target = target.setdefault(part, {})
+        if new_leaf in target and target[new_leaf] != (convert(value) if convert else value):
+            raise BtcxrError(f"config key {old} moved to {new}, and both are set (to different values): "
+                             f"keep {new} only")
+        target[new_leaf] = convert(value) if convert else value
+    return data
+
+
+def _moved_keys(cls: type, data: dict[str, Any]) -> list[tuple[str, str]]:
+    found = []
+    for old, (new, _) in getattr(cls, "MOVED", {}).items():
+        node: Any = data
+        for part in old.split("."):
+            node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+        if node is not KeyError:
+            found.append((old, new))
+    return found
+
+
+def _pop_path(data: dict[str, Any], parts: list[str]) -> None:
+    node = data
+    for part in parts[:-1]:
+        node = node[part]
+    node.pop(parts[-1], None)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -53,11 +101,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    from btcxr.engine.io import write_yaml
+
+    write_yaml(path, config_to_dict(cfg))
 
 
 def _build(cls: type[T], data: dict[str, Any], source: str, prefix: str) -> T:

@@ -3,3 +3,22 @@
 
 class BtcxrError(Exception):
     """A problem with the user's input (file, row, field, option), explained in the message."""
+
+
+# The words of every command's --on-error option: an unreadable input stops the run, or is skipped and listed.
+ON_ERROR = ("stop", "skip")
+# Older spellings still accepted (with a deprecation warning), and the word they stand for.
+ON_ERROR_ALIASES = {"raise": "stop"}
+
+
+def check_on_error(value: str, option: str = "--on-error") -> str:
+    """`value` as one of ON_ERROR (a deprecated alias is mapped, with a warning); anything else is an error."""
+    if value in ON_ERROR_ALIASES:
+        import logging
+
+        logging.getLogger("btcxr").warning("%s %s is deprecated; use %s %s", option, value, option,
+                                           ON_ERROR_ALIASES[value])
+        return ON_ERROR_ALIASES[value]
+    if value not in ON_ERROR:
+        raise BtcxrError(f"{option} {value}: expected {' or '.join(ON_ERROR)}")
+    return value

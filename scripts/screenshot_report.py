@@ -20,6 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from btcxr.engine.io import atomic_output  # noqa: E402
+from btcxr.errors import BtcxrError  # noqa: E402
+
 CANDIDATES = ["/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
 
 
@@ -33,17 +37,19 @@ def find_chromium(explicit: str | None) -> str:
              "chromium` on Debian/Ubuntu, or pass --chromium PATH.")
 
 
-def trim_bottom(path: Path, margin: int = 24) -> tuple[int, bool]:
-    """Cut the uniform background below the content; return the new height and whether content reached the
-    bottom edge (then the page is taller than the window and was cut)."""
-    image = Image.open(path).convert("RGB")
+def trim_bottom(path: Path, out: Path, margin: int = 24) -> tuple[int, bool]:
+    """Cut the uniform background below the content of the PNG `path` and write it to `out`; return the new
+    height and whether content reached the bottom edge (then the page is taller than the window and was cut)."""
+    with Image.open(path) as shot:
+        image = shot.convert("RGB")
     pixels = np.asarray(image)
     background = pixels[-1, 0]
     rows = np.flatnonzero(np.any(pixels != background, axis=(1, 2)))
     last = int(rows[-1]) if rows.size else 0
     cut = last >= pixels.shape[0] - 2
     height = min(pixels.shape[0], last + 1 + margin)
-    image.crop((0, 0, image.width, height)).save(path)
+    with atomic_output(out, "wb") as handle:
+        image.crop((0, 0, image.width, height)).save(handle, format="PNG")
     return height, cut
 
 
@@ -62,20 +68,22 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: {args.page} does not exist (expected a report's index.html)")
     chromium = find_chromium(args.chromium)
     out = args.out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="btcxr-chromium-") as profile:
+        shot = Path(profile) / "screenshot.png"   # Chromium writes here; `out` gets the trimmed copy, whole
         cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={profile}", "--hide-scrollbars", f"--window-size={args.width},{args.height}",
-               f"--screenshot={out}", page.as_uri()]
+               f"--screenshot={shot}", page.as_uri()]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         except subprocess.TimeoutExpired:
             sys.exit(f"error: {chromium} did not finish within {args.timeout:g} s")
-    if not out.is_file():
-        sys.exit(f"error: {chromium} wrote no screenshot (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    height, cut = trim_bottom(out)
+        if not shot.is_file():
+            sys.exit(f"error: {chromium} wrote no screenshot (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        try:
+            height, cut = trim_bottom(shot, out)
+        except BtcxrError as exc:
+            sys.exit(f"error: {exc}")
     print(f"screenshot: {out} ({args.width} x {height} px)")
     if cut:
         print(f"warning: the page is taller than {args.height} px and was cut; pass a larger --height",

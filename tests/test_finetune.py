@@ -19,7 +19,7 @@ from torch.utils.data import DistributedSampler
 from btcxr.config import load_config
 from btcxr.data.datasets import VindrDetection
 from btcxr.detect.config import FinetuneConfig, ModelConfig
-from btcxr.detect.engine import evaluate_checkpoint
+from btcxr.detect.evaluate_checkpoint import evaluate_checkpoint
 from btcxr.detect.model import build_detector, detector_checkpoint
 from btcxr.detect.sampler import GroupedBatchSampler, aspect_ratio_groups
 from btcxr.detect.train import finetune
@@ -72,7 +72,7 @@ def tiny_config(cache: Path, **overrides) -> FinetuneConfig:
         "model.arch": "resnet18", "model.init": "random", "model.size": 64, "model.fpn_channels": 32,
         "model.box_head_dim": 128, "model.rpn_batch_size_per_image": 64, "model.box_batch_size_per_image": 32,
         "optim.batch_size": 4, "optim.epochs": 8, "optim.lr": 0.01, "optim.warmup_iters": 5,
-        "optim.final_lr": 0.001, "optim.clip_grad": 10.0, "train.tensorboard": False, "train.log_every": 2,
+        "optim.final_lr": 0.001, "optim.clip_grad": 10.0, "tensorboard": False, "log_every": 2,
     } | overrides
     return load_config(FinetuneConfig, None, [f"{k}={v}" for k, v in values.items()])
 

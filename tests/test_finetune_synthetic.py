@@ -8,7 +8,7 @@ from btcxr.config import load_config
 from btcxr.data.cache import PrepareSettings, prepare
 from btcxr.data.synthetic import generate
 from btcxr.detect.config import FinetuneConfig
-from btcxr.detect.engine import evaluate_checkpoint
+from btcxr.detect.evaluate_checkpoint import evaluate_checkpoint
 from btcxr.detect.model import build_detector, detector_checkpoint
 from btcxr.detect.train import finetune
 from btcxr.engine.checkpoint import save_checkpoint
@@ -27,7 +27,7 @@ def test_finetune_on_synthetic_vindr_rises_far_above_an_untrained_detector(tmp_p
     cache = tmp_path / "cache"
     prepare(PrepareSettings(dataset="vindr", root=str(tmp_path / "vindr"), out=str(cache), size=96, workers=1))
     cfg = load_config(FinetuneConfig, DEMO, [f"data.cache={cache}", "model.size=96", "optim.epochs=6",
-                                             "optim.warmup_iters=5", "data.workers=0", "train.device=cpu"])
+                                             "optim.warmup_iters=5", "data.workers=0", "device=cpu"])
     finetune(cfg, tmp_path / "run")
 
     torch.manual_seed(0)

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "pretrain" / "demo.yaml"
 PAPER = REPO / "configs" / "pretrain" / "paper.yaml"
 # Small enough for seconds on one CPU thread; views gentle enough that a few steps visibly learn.
-TINY = ["model.arch=resnet18", "model.init=random", "views.size=32", "log_every_steps=1", "corr_every_steps=0",
+TINY = ["model.arch=resnet18", "model.init=random", "views.size=32", "log_every=1", "corr_every_steps=0",
         "tensorboard=false", "data.num_workers=0", "channels_last=false"]
 EASY_VIEWS = ["views.radiograph.crop_scale=[0.7,1]", "views.radiograph.rotation_deg=0",
               "views.radiograph.gamma_p=0", "views.radiograph.noise_p=0", "views.radiograph.blur_p=[0,0]"]
@@ -112,14 +112,16 @@ class Killed(Exception):
 
 
 def _kill_after_saving(monkeypatch, step: int) -> None:
-    real = train_mod.save_checkpoint
+    import btcxr.engine.run as run_mod
+
+    real = run_mod.save_checkpoint
 
     def save_then_die(path, state):
         real(path, state)
         if Path(path).name == "last.pt" and state["step"] == step:
             raise Killed
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(run_mod, "save_checkpoint", save_then_die)
 
 
 RESUME = ["epochs=2", "batch_size=8", "model.projector=[32,16]", "checkpoint_every_steps=2"]  # 4 steps/epoch

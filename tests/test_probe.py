@@ -166,7 +166,7 @@ def _one_epoch(model: ProbeModel, frozen: bool) -> None:
     batches = [(torch.rand(4, 1, 32, 32, generator=gen), (torch.rand(4, 15, generator=gen) < 0.3).float())
                for _ in range(3)]
     optimizer = _optimizer(model, cfg, frozen)
-    train_one_epoch(model, iter(batches), optimizer, torch.nn.BCEWithLogitsLoss(), np.ones(3), amp=False,
+    train_one_epoch(model, iter(batches), optimizer, torch.nn.BCEWithLogitsLoss(), np.ones(3), amp="none",
                     head_only=False)
 
 
@@ -230,7 +230,7 @@ def test_selection_uses_val_and_scores_test_once_with_the_selected_epoch(tmp_pat
 
     monkeypatch.setattr(train, "auroc_report", fake)
     cfg = demo_cfg(cache, "optim.epochs=3", "data.input_size=32", "optim.batch_size=8")
-    results = train.probe(cfg, "random", tmp_path / "run")
+    results = train.probe(cfg, tmp_path / "run")
     assert results["selected_epoch"] == 2
     assert results["val_mean_auroc_per_epoch"] == [0.6, 0.9, 0.7]
     tests = [scores for split, scores in calls if split == "test"]
@@ -285,7 +285,7 @@ def test_finetune_run_stores_the_selected_backbone(small_cache, tmp_path):
     from btcxr.classify.train import probe
 
     cfg = demo_cfg(small_cache, "probe.mode=finetune", "optim.epochs=1", "data.input_size=32")
-    results = probe(cfg, "random", tmp_path / "run")
+    results = probe(cfg, tmp_path / "run")
     assert results["mode"] == "finetune" and not results["cached_features"]
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert "layer4.1.bn2.running_var" in best["backbone"]
@@ -296,7 +296,7 @@ def test_label_fraction_trains_on_the_nested_subset(small_cache, tmp_path):
     from btcxr.data.splits import label_fraction_ids
 
     cfg = demo_cfg(small_cache, "data.fraction=0.25", "optim.epochs=1", "data.input_size=32")
-    results = probe(cfg, "random", tmp_path / "run")
+    results = probe(cfg, tmp_path / "run")
     assert results["n_images"]["train"] == len(label_fraction_ids(small_cache, 0.25, 0)) == 6
     assert results["n_images"]["val"] == 12 and results["fraction"] == 0.25
 
@@ -311,7 +311,7 @@ def test_resume_after_an_interruption_gives_the_same_results(small_cache, tmp_pa
         return demo_cfg(small_cache, "optim.epochs=2", "data.input_size=32", "optim.batch_size=8",
                         f"probe.mode={mode}")
 
-    full = train.probe(cfg(), "random", tmp_path / "full")
+    full = train.probe(cfg(), tmp_path / "full")
     real, count = train.train_one_epoch, []
 
     def interrupted(*args, **kwargs):
@@ -322,10 +322,10 @@ def test_resume_after_an_interruption_gives_the_same_results(small_cache, tmp_pa
 
     monkeypatch.setattr(train, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train.probe(cfg(), "random", tmp_path / "cut")
+        train.probe(cfg(), tmp_path / "cut")
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
     monkeypatch.setattr(train, "train_one_epoch", real)
-    resumed = train.probe(cfg(), "random", tmp_path / "cut", resume=True)
+    resumed = train.probe(cfg(), tmp_path / "cut", resume=True)
     assert resumed["val_mean_auroc_per_epoch"] == pytest.approx(full["val_mean_auroc_per_epoch"], abs=1e-6)
     assert resumed["test"]["auroc"] == pytest.approx(full["test"]["auroc"], abs=1e-6)
     assert full["val_mean_auroc_per_epoch"][0] != pytest.approx(full["val_mean_auroc_per_epoch"][1], abs=1e-6)
@@ -337,12 +337,12 @@ def test_vindr_or_unlabeled_cache_is_refused(tmp_path):
 
     vindr = make_nih_cache(tmp_path / "vindr", n=(4, 2, 2), dataset="vindr")
     with pytest.raises(BtcxrError, match="vindr"):
-        probe(demo_cfg(vindr), "random", tmp_path / "r1")
+        probe(demo_cfg(vindr), tmp_path / "r1")
     unlabeled = make_nih_cache(tmp_path / "plain", n=(4, 2, 2), labels=False)
     with pytest.raises(BtcxrError, match=r"manifest\.csv: every labels field is empty"):
-        probe(demo_cfg(unlabeled), "random", tmp_path / "r2")
+        probe(demo_cfg(unlabeled), tmp_path / "r2")
     with pytest.raises(BtcxrError, match="data.cache"):
-        probe(load_config(ProbeConfig, DEMO), "random", tmp_path / "r3")
+        probe(load_config(ProbeConfig, DEMO), tmp_path / "r3")
 
 
 def test_backbone_of_another_arch_is_refused(small_cache, tmp_path):
@@ -351,9 +351,9 @@ def test_backbone_of_another_arch_is_refused(small_cache, tmp_path):
     path = tmp_path / "backbone.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
     with pytest.raises(BtcxrError, match=r"backbone\.pth does not fit"):
-        probe(demo_cfg(small_cache, "model.arch=resnet34"), str(path), tmp_path / "run")
+        probe(demo_cfg(small_cache, "model.arch=resnet34", f"model.init={path}"), tmp_path / "run")
     with pytest.raises(BtcxrError, match="--init-weights"):
-        probe(demo_cfg(small_cache), str(path), tmp_path / "run", init_weights=path)
+        probe(demo_cfg(small_cache, f"model.init={path}", f"model.weights_file={path}"), tmp_path / "run")
 
 
 def test_imagenet_backbone_from_an_offline_weights_file(tmp_path):

@@ -99,7 +99,7 @@ class FakeFinetune:
         if out.name == self.die_on:
             self.die_on = None
             raise RuntimeError("killed")
-        ap = 0.2 + 0.1 * (cfg.model.init != "random") + 0.05 * cfg.train.seed + 0.1 * cfg.data.fraction
+        ap = 0.2 + 0.1 * (cfg.model.init != "random") + 0.05 * cfg.seed + 0.1 * cfg.data.fraction
         (out / "test_metrics.json").write_text(json.dumps(
             {"map50": ap, "map50_ci": [ap - 0.05, ap + 0.05], "map": ap / 2, "map50_voc": ap,
              "kaggle_map40": ap, "per_class_ap50": {"Cardiomegaly": ap}}))
@@ -164,7 +164,7 @@ def test_report_lists_the_finetune_config_when_every_run_was_finished_earlier(tm
 
     def finetune_writing_config(cfg, out_dir, resume=False):
         (Path(out_dir) / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "config.yaml").write_text(f"seed: {cfg.train.seed}\n")
+        (Path(out_dir) / "config.yaml").write_text(f"seed: {cfg.seed}\n")
         return fake(cfg, out_dir, resume)
 
     monkeypatch.setattr("btcxr.detect.train.finetune", finetune_writing_config)

@@ -7,6 +7,10 @@ SGD momentum 0.9 with a cosine schedule, classifier lr 0.5, backbone lr 0 when f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from btcxr.backbones import ARCHS
+from btcxr.engine.runtime import AMP_MODES
 
 MODES = ("freeze", "finetune")
 
@@ -34,8 +38,18 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "resnet50"
-    # torchvision weights name for --backbone imagenet; None: the paper's (IMAGENET1K_V2 for ResNet-50)
+    # The backbone evaluated: "imagenet", "random", or a file (backbone.pth, a pre-training checkpoint, a
+    # torchvision ResNet state dict). `btcxr probe --backbone X` sets it.
+    init: str = "imagenet"
+    weights_file: str | None = None  # ImageNet weights from a local file (offline machines; --init-weights)
+    # torchvision weights name for init=imagenet; None: the paper's (IMAGENET1K_V2 for ResNet-50)
     imagenet_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if not self.init:
+            raise ValueError("model.init must name an init: imagenet, random or a backbone file")
 
 
 @dataclass
@@ -60,7 +74,6 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-6
     warmup_epochs: int = 0  # linear warm-up before the cosine (0 in the paper)
-    amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -86,11 +99,23 @@ class AugmentConfig:
 
 @dataclass
 class ProbeConfig:
+    # The five run settings every training command has, in the same place (engine vocabulary).
     seed: int = 0  # head init, shuffling, augmentation
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
+    amp: str = "bf16"  # mixed precision on CUDA: bf16 | fp16 | none (the CPU runs fp32)
+    log_every: int = 10  # steps between train metrics rows
     tensorboard: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     probe: ProbeOptions = field(default_factory=ProbeOptions)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    # Keys of older versions -> (where they live now, value conversion).
+    MOVED: ClassVar[dict] = {"optim.amp": ("amp", lambda on: "bf16" if on else "none")}
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be at least 1, got {self.log_every}")

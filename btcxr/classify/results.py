@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
+
+from btcxr.engine.io import write_json, write_text
 
 
 def write_results(results: dict[str, Any], out_dir: str | Path) -> None:
     """Write both files atomically (temporary file + rename), so a reader never sees half a table."""
     out_dir = Path(out_dir)
-    _write_atomic(out_dir / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
-    _write_atomic(out_dir / "results.md", results_markdown(results))
+    write_json(out_dir / "results.json", results, allow_nan=False)
+    write_text(out_dir / "results.md", results_markdown(results))
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -46,8 +46,3 @@ def results_markdown(results: dict[str, Any]) -> str:
 def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +28,13 @@ from btcxr.classify.data import nih_splits
 from btcxr.classify.metrics import AurocReport, auroc_report
 from btcxr.classify.model import ProbeModel, build_probe_model
 from btcxr.classify.results import write_results
-from btcxr.config import config_to_dict, save_config
+from btcxr.config import config_to_dict
 from btcxr.data.classes import NIH_LABELS
-from btcxr.engine.checkpoint import (
-    library_versions,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from btcxr.engine.checkpoint import library_versions, load_checkpoint, save_checkpoint
+from btcxr.engine.distributed import DistEnv
+from btcxr.engine.run import RunDir
 from btcxr.engine.runlog import MetricsLog
+from btcxr.engine.runtime import autocast, resolve_device, seed_everything
 from btcxr.engine.schedule import warmup_cosine
 from btcxr.errors import BtcxrError
 from btcxr.logs import progress_disabled
@@ -47,26 +42,28 @@ from btcxr.logs import progress_disabled
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+KIND = "btcxr-probe"
+BEST = "best.pt"
 
 
-def probe(cfg: ProbeConfig, backbone: str, out_dir: str | Path, init_weights: str | Path | None = None,
-          resume: bool = False) -> dict[str, Any]:
-    """Train and evaluate a classifier over the 15 NIH labels on top of `backbone`.
+def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate a classifier over the 15 NIH labels on top of the backbone `cfg.model.init`.
 
-    backbone: "imagenet", "random" or a file (backbone.pth, a pre-training checkpoint, a torchvision
-    state dict); init_weights: the ImageNet weights file for backbone="imagenet" on offline machines.
+    model.init: "imagenet", "random" or a file (backbone.pth, a pre-training checkpoint, a torchvision
+    state dict); model.weights_file: the ImageNet weights file for init=imagenet on offline machines.
     Writes config.yaml, metrics.jsonl, tb/, best.pt, last.pt, results.json and results.md into out_dir
-    and returns the results dict (see results.json). resume: continue from out_dir/last.pt.
+    and returns the results dict (see results.json). A run directory holding last.pt with the same config
+    is resumed (resume=True demands one); one with another config is refused.
     """
-    if init_weights is not None and backbone != "imagenet":
-        raise BtcxrError(f"--init-weights {init_weights} only applies to --backbone imagenet "
-                         f"(got --backbone {backbone})")
+    m = cfg.model
+    if m.weights_file is not None and m.init != "imagenet":
+        raise BtcxrError(f"--init-weights {m.weights_file} only applies to --backbone imagenet "
+                         f"(got --backbone {m.init})")
     if os.environ.get("WORLD_SIZE", "1") != "1":
         raise BtcxrError("the probe runs in one process; launch it without torchrun")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.device)
-    frozen = cfg.probe.mode == "freeze"
+    env = DistEnv(device=resolve_device(cfg.device))
+    device, frozen = env.device, cfg.probe.mode == "freeze"
+    run = RunDir(out_dir, cfg, env, kind=KIND, resume=resume)
     use_features = frozen and cfg.probe.cache_features
     if use_features and cfg.augment.train:
         log.info("probe.cache_features: features are extracted once from the eval view; no training "
@@ -76,78 +73,66 @@ def probe(cfg: ProbeConfig, backbone: str, out_dir: str | Path, init_weights: st
     n_images = {name: len(ds) for name, ds in datasets.items()}
     log.info("images: train %d (fraction %g), val %d, test %d", n_images["train"], cfg.data.fraction,
              n_images["val"], n_images["test"])
-    _seed_everything(cfg.seed)  # a random backbone and the head start from the run seed
-    model = build_probe_model(cfg.model.arch, backbone, frozen=frozen, init_weights=init_weights,
-                              imagenet_weights=cfg.model.imagenet_weights).to(device)
-    save_config(cfg, out_dir / "config.yaml")
-
-    amp = cfg.optim.amp and device.type == "cuda"
+    seed_everything(cfg.seed)  # a random backbone and the head start from the run seed
+    model = build_probe_model(m.arch, m.init, frozen=frozen, init_weights=m.weights_file,
+                              imagenet_weights=m.imagenet_weights).to(device)
+    source: dict[str, Any] = dict(datasets)
     if use_features:
-        source: dict[str, Any] = {name: extract_features(model, _loader(ds, cfg, device), device, amp, name)
-                                  for name, ds in datasets.items()}
-    else:
-        source = dict(datasets)
+        source = {name: extract_features(model, _loader(ds, cfg, device), device, cfg.amp, name)
+                  for name, ds in datasets.items()}
 
     optimizer = _optimizer(model, cfg, frozen)
     steps_per_epoch = math.ceil(n_images["train"] / cfg.optim.batch_size)
-    total_steps = cfg.optim.epochs * steps_per_epoch
     # One factor per step, multiplied into each group's own peak lr (head and backbone decay together).
     # The cosine reaches 0 one step after the end, so the last step still learns (as CosineAnnealingLR).
-    factor = warmup_cosine(1.0, total_steps + 1, cfg.optim.warmup_epochs * steps_per_epoch, final=0.0)
-
+    factor = warmup_cosine(1.0, steps_per_epoch * cfg.optim.epochs + 1, cfg.optim.warmup_epochs * steps_per_epoch,
+                           final=0.0)
     state = {"epoch": 0, "best_epoch": 0, "best_val": -math.inf, "val_history": []}
-    if resume and (out_dir / "last.pt").is_file():
-        state = _resume(out_dir / "last.pt", model, optimizer, frozen)
-        log.info("resuming %s after epoch %d", out_dir, state["epoch"])
-    elif resume:
-        log.info("no %s: starting a new run", out_dir / "last.pt")
-
-    metrics = MetricsLog(out_dir, tensorboard=cfg.tensorboard)
+    if run.resumed:
+        saved = run.restore(head=model.head, backbone=None if frozen else model.backbone, optimizer=optimizer)
+        state = {k: saved[k] for k in state}
+    metrics = run.open_metrics()
     criterion = nn.BCEWithLogitsLoss()
     started = time.time()
     try:
         for epoch in range(state["epoch"] + 1, cfg.optim.epochs + 1):
             epoch_seed = cfg.seed * 1000 + epoch
-            _seed_everything(epoch_seed)  # each epoch's shuffle and crops, the same after a resume
+            seed_everything(epoch_seed)  # each epoch's shuffle and crops, the same after a resume
             batches = (_feature_batches(source["train"], cfg.optim.batch_size, epoch_seed, device)
                        if use_features else _image_batches(source["train"], cfg, device, True, epoch_seed))
             first = (epoch - 1) * steps_per_epoch
-            lr_factor = factor[first:first + steps_per_epoch]
-            loss = train_one_epoch(model, batches, optimizer, criterion, lr_factor, amp,
-                                   head_only=use_features, desc=f"epoch {epoch}/{cfg.optim.epochs}")
-            val = evaluate(model, source["val"], cfg, device, amp, use_features, "val", quiet=epoch > 1)
-            state["val_history"].append(val.mean)
-            metrics.log(epoch, "train", loss=loss, lr_head=optimizer.param_groups[0]["lr"])
-            metrics.log(epoch, "val", mean_auroc=_nan_to_none(val.mean),
-                        **{f"auroc/{k}": _nan_to_none(v) for k, v in val.per_label.items()})
+            loss = train_one_epoch(model, batches, optimizer, criterion, factor[first:first + steps_per_epoch],
+                                   cfg.amp, head_only=use_features, desc=f"epoch {epoch}/{cfg.optim.epochs}",
+                                   run=run, metrics=metrics, step=first, epoch=epoch, log_every=cfg.log_every)
+            val = evaluate(model, source["val"], cfg, device, use_features, "val", quiet=epoch > 1)
+            state["val_history"].append(float(val.mean))
+            step = epoch * steps_per_epoch
+            _log_auroc(metrics, step, "val", val, epoch=epoch, train_loss=loss)
             improved = not math.isnan(val.mean) and val.mean > state["best_val"]
             log.info("epoch %d: train loss %.4f, val mean AUROC %.4f%s", epoch, loss, val.mean,
                      " (best so far)" if improved else "")
             if improved:
-                state.update(best_epoch=epoch, best_val=val.mean)
-                save_checkpoint(out_dir / "best.pt", _model_state(model, frozen, epoch, cfg, backbone))
+                state.update(best_epoch=epoch, best_val=float(val.mean))
+                save_checkpoint(run.path / BEST, _model_state(model, frozen, epoch, cfg))
             state["epoch"] = epoch
-            save_checkpoint(out_dir / "last.pt", {**_model_state(model, frozen, epoch, cfg, backbone),
-                                                  "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                                                  **{k: state[k] for k in ("best_epoch", "best_val")},
-                                                  "val_history": [float(v) for v in state["val_history"]]})
+            run.save(step=step, head=model.head, backbone=None if frozen else model.backbone,
+                     optimizer=optimizer, **state)
         if state["best_epoch"] == 0:
             raise BtcxrError(f"no epoch gave a defined mean val AUROC (every label has a single class in the "
                              f"{cfg.data.val_split!r} split of {cfg.data.cache}): nothing to select")
         # The selected (val-best) model, read back from the file we keep, scores the test split once.
-        best = load_checkpoint(out_dir / "best.pt", map_location=device)
+        best = load_checkpoint(run.path / BEST, map_location=device)
         _load_model_state(model, best, frozen)
-        val_best = evaluate(model, source["val"], cfg, device, amp, use_features, "val", quiet=True)
-        test = evaluate(model, source["test"], cfg, device, amp, use_features, "test")
-        metrics.log(state["best_epoch"], "test", mean_auroc=_nan_to_none(test.mean),
-                    **{f"auroc/{k}": _nan_to_none(v) for k, v in test.per_label.items()})
+        val_best = evaluate(model, source["val"], cfg, device, use_features, "val", quiet=True)
+        test = evaluate(model, source["test"], cfg, device, use_features, "test")
+        _log_auroc(metrics, state["best_epoch"] * steps_per_epoch, "test", test, epoch=state["best_epoch"])
     finally:
-        metrics.close()
+        run.close()
 
     results = {
-        "backbone": str(backbone),
-        "init_weights": str(init_weights) if init_weights else None,
-        "arch": cfg.model.arch,
+        "backbone": str(m.init),
+        "init_weights": str(m.weights_file) if m.weights_file else None,
+        "arch": m.arch,
         "mode": cfg.probe.mode,
         "fraction": cfg.data.fraction,
         "fraction_seed": cfg.data.fraction_seed,
@@ -166,16 +151,19 @@ def probe(cfg: ProbeConfig, backbone: str, out_dir: str | Path, init_weights: st
         "train_seconds": round(time.time() - started, 1),
         "versions": library_versions(),
     }
-    write_results(results, out_dir)
+    write_results(results, run.path)
     log.info("selected epoch %d: val mean AUROC %.4f, test mean AUROC %.4f -> %s", state["best_epoch"],
-             val_best.mean, test.mean, out_dir / "results.json")
+             val_best.mean, test.mean, run.path / "results.json")
     return results
 
 
 def train_one_epoch(model: ProbeModel, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                    optimizer: torch.optim.Optimizer, criterion: nn.Module, lr_factor: np.ndarray, amp: bool,
-                    head_only: bool, desc: str = "") -> float:
-    """One pass over `batches` (images, or features when head_only); returns the mean loss."""
+                    optimizer: torch.optim.Optimizer, criterion: nn.Module, lr_factor: np.ndarray, amp: str,
+                    head_only: bool, desc: str = "", *, run: RunDir | None = None,
+                    metrics: MetricsLog | None = None, step: int = 0, epoch: int = 1,
+                    log_every: int = 10) -> float:
+    """One pass over `batches` (images, or features when head_only); returns the mean loss. `step`: the
+    global step before this epoch (metrics rows every `log_every` steps)."""
     model.train()
     base = [g["initial_lr"] for g in optimizer.param_groups]
     total, count = 0.0, 0
@@ -183,20 +171,25 @@ def train_one_epoch(model: ProbeModel, batches: Iterator[tuple[torch.Tensor, tor
     for i, (x, y) in enumerate(bar):
         for group, peak in zip(optimizer.param_groups, base):
             group["lr"] = peak * float(lr_factor[min(i, len(lr_factor) - 1)])
-        with _autocast(x.device, amp and not head_only):
+        with autocast(x.device, "none" if head_only else amp):
             logits = model.head(x) if head_only else model(x)
         loss = criterion(logits.float(), y)
+        if run is not None:
+            run.check_finite(loss, step, epoch - 1, "Lower optim.lr_head / optim.lr_backbone.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        step += 1
         total += loss.item() * len(y)
         count += len(y)
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if metrics is not None and step % log_every == 0:
+            metrics.log(step, "train", epoch=epoch, loss=loss.item(), lr_head=optimizer.param_groups[0]["lr"])
     return total / max(count, 1)
 
 
 @torch.no_grad()
-def predict(model: ProbeModel, source: Any, cfg: ProbeConfig, device: torch.device, amp: bool,
+def predict(model: ProbeModel, source: Any, cfg: ProbeConfig, device: torch.device,
             use_features: bool) -> tuple[np.ndarray, np.ndarray]:
     """Targets and sigmoid scores (N, 15) of a split, in dataset order."""
     model.eval()
@@ -204,27 +197,27 @@ def predict(model: ProbeModel, source: Any, cfg: ProbeConfig, device: torch.devi
                else _image_batches(source, cfg, device, shuffle=False))
     targets, scores = [], []
     for x, y in batches:
-        with _autocast(x.device, amp and not use_features):
+        with autocast(x.device, "none" if use_features else cfg.amp):
             logits = model.head(x) if use_features else model(x)
         scores.append(torch.sigmoid(logits.float()).cpu())
         targets.append(y.cpu())
     return torch.cat(targets).numpy(), torch.cat(scores).numpy()
 
 
-def evaluate(model: ProbeModel, source: Any, cfg: ProbeConfig, device: torch.device, amp: bool,
+def evaluate(model: ProbeModel, source: Any, cfg: ProbeConfig, device: torch.device,
              use_features: bool, split: str, quiet: bool = False) -> AurocReport:
-    targets, scores = predict(model, source, cfg, device, amp, use_features)
+    targets, scores = predict(model, source, cfg, device, use_features)
     return auroc_report(targets, scores, NIH_LABELS, split=split, quiet=quiet)
 
 
 @torch.no_grad()
-def extract_features(model: ProbeModel, loader: DataLoader, device: torch.device, amp: bool,
+def extract_features(model: ProbeModel, loader: DataLoader, device: torch.device, amp: str = "none",
                      name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features (N, D) float32 and targets (N, 15) of a whole split, with the backbone in eval mode."""
     model.eval()
     feats, targets = [], []
     for images, y in tqdm(loader, desc=f"features {name}", leave=False, disable=progress_disabled()):
-        with _autocast(device, amp):
+        with autocast(device, amp):
             feats.append(model.features(images.to(device, non_blocking=True)).float())
         targets.append(y.to(device).float())
     return torch.cat(feats), torch.cat(targets)
@@ -266,11 +259,10 @@ def _optimizer(model: ProbeModel, cfg: ProbeConfig, frozen: bool) -> torch.optim
                            weight_decay=cfg.optim.weight_decay)
 
 
-def _model_state(model: ProbeModel, frozen: bool, epoch: int, cfg: ProbeConfig,
-                 backbone: str) -> dict[str, Any]:
+def _model_state(model: ProbeModel, frozen: bool, epoch: int, cfg: ProbeConfig) -> dict[str, Any]:
     """A frozen backbone is the input file, so only the head is stored; a fine-tuned one is stored too."""
     state: dict[str, Any] = {"head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
-                             "epoch": epoch, "backbone_source": str(backbone), "mode": cfg.probe.mode,
+                             "epoch": epoch, "backbone_source": str(cfg.model.init), "mode": cfg.probe.mode,
                              "labels": list(NIH_LABELS), "config": config_to_dict(cfg),
                              "versions": library_versions()}
     if not frozen:
@@ -284,36 +276,10 @@ def _load_model_state(model: ProbeModel, state: dict[str, Any], frozen: bool) ->
         model.backbone.load_state_dict(state["backbone"])
 
 
-def _resume(path: Path, model: ProbeModel, optimizer: torch.optim.Optimizer, frozen: bool) -> dict[str, Any]:
-    ckpt = load_checkpoint(path)
-    if ckpt.get("mode") != ("freeze" if frozen else "finetune"):
-        raise BtcxrError(f"{path} was written by a {ckpt.get('mode')} run; resume it with the same "
-                         f"probe.mode")
-    _load_model_state(model, ckpt, frozen)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    set_rng_state(ckpt["rng"])
-    return {"epoch": int(ckpt["epoch"]), "best_epoch": int(ckpt["best_epoch"]),
-            "best_val": float(ckpt["best_val"]), "val_history": list(ckpt["val_history"])}
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BtcxrError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
-    return device
-
-
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if enabled and device.type == "cuda" \
-        else nullcontext()
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def _log_auroc(metrics: MetricsLog | None, step: int, phase: str, report: AurocReport, **extra: Any) -> None:
+    if metrics is not None:
+        metrics.log(step, phase, **extra, mean_auroc=_nan_to_none(report.mean),
+                    **{f"auroc/{k}": _nan_to_none(v) for k, v in report.per_label.items()})
 
 
 def _nan_to_none(value: float) -> float | None:

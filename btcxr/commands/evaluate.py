@@ -72,14 +72,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from btcxr.detect.evaluate_files import evaluate_files
+    from btcxr.engine.io import ensure_dir
     from btcxr.errors import BtcxrError
 
     if args.bootstrap < 0:
         raise BtcxrError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    ensure_dir(args.out, "--out")  # before any reading or computing: a bad --out is told at once
     if args.checkpoint:
         if not args.cache or args.pred or args.gt:
             raise BtcxrError("--checkpoint needs --cache, and takes neither --pred nor --gt")
-        from btcxr.detect.engine import evaluate_checkpoint
+        from btcxr.detect.evaluate_checkpoint import evaluate_checkpoint
 
         evaluate_checkpoint(args.checkpoint, args.cache, args.split, args.out, device=args.device,
                             batch_size=args.batch_size, workers=args.workers, bootstrap=args.bootstrap,

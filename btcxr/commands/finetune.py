@@ -57,11 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init-weights", metavar="FILE",
                         help="ImageNet weights file for --backbone imagenet on machines without internet "
                              "(sets model.weights_file)")
-    parser.add_argument("--seed", type=int, help="run seed (sets train.seed)")
+    parser.add_argument("--seed", type=int, help="run seed (sets seed)")
     parser.add_argument("--out", metavar="RUN_DIR",
                         help="run directory (default: runs/finetune/<init>-<size>-f<fraction>-s<seed>)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last.pt (an error when there is none)")
+                        help="continue from RUN_DIR/last.pt (an error when there is none; rerunning the same command resumes anyway)")
     parser.set_defaults(func=run)
 
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.init_weights:
         overrides.append(f"model.weights_file={args.init_weights}")
     if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
+        overrides.append(f"seed={args.seed}")
     cfg = load_config(FinetuneConfig, args.config, overrides)
     out = Path(args.out or _default_out(cfg))
     best = finetune(cfg, out, resume=args.resume)
@@ -100,4 +100,4 @@ def _default_out(cfg) -> str:
 
     init = cfg.model.init
     name = init if init in ("imagenet", "random") else f"{Path(init).parent.name}_{Path(init).stem}".lstrip("_")
-    return f"runs/finetune/{name}-{cfg.model.size}-f{cfg.data.fraction:g}-s{cfg.train.seed}"
+    return f"runs/finetune/{name}-{cfg.model.size}-f{cfg.data.fraction:g}-s{cfg.seed}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from btcxr.errors import ON_ERROR, check_on_error
+
 DESCRIPTION = """\
 Detect the 14 VinDr-CXR findings in radiographs with a checkpoint written by `btcxr finetune` (best.pt or
 last.pt). Inputs are files or folders (searched recursively for .dcm .dicom .png .jpg .jpeg). Each image is
@@ -46,19 +48,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also write submission.csv in the Kaggle VinBigData format "
                              "('No finding' score = 1 - highest finding score)")
     parser.add_argument("--no-overlays", dest="overlays", action="store_false", help="do not draw overlays")
-    parser.add_argument("--on-error", choices=["raise", "skip"], default="raise",
-                        help="unreadable file: stop with its name (raise, default) or skip it, list it in "
-                             "errors.csv and count it (skip)")
+    parser.add_argument("--on-error", default="stop", metavar="{" + ",".join(ON_ERROR) + "}",
+                        help="unreadable file: stop with its name (stop, default) or skip it, list it in "
+                             "errors.csv and count it (skip); 'raise' is a deprecated spelling of stop")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from btcxr.detect.predict import predict_files
+    from btcxr.engine.io import ensure_dir
 
+    on_error = check_on_error(args.on_error)
+    ensure_dir(args.out, "--out")
     report = predict_files(args.checkpoint, args.inputs, args.out, score_thr=args.score_thr,
                            batch_size=args.batch_size, device=args.device, workers=args.workers,
                            submission=args.submission, overlays=args.overlays, overlay_thr=args.overlay_thr,
-                           on_error=args.on_error)
+                           on_error=on_error)
     print(f"{report.images} image(s), {report.boxes} box(es), {report.skipped} skipped -> "
           f"{report.out_dir / 'predictions.csv'}")
     return 0

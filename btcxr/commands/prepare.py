@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from btcxr.errors import ON_ERROR, check_on_error
+
 EXAMPLES = """\
 examples:
   # NIH ChestX-ray14 at 224 px: official test list held out of pre-training, 10 % patient-level val
@@ -85,8 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test split (default 0)")
     parser.add_argument("--workers", type=int, default=None,
                         help=f"decoding processes (default: all {os.cpu_count()} cores)")
-    parser.add_argument("--on-error", choices=["stop", "skip"], default="stop",
-                        help="an unreadable image stops the run (default) or is skipped and listed in errors.csv")
+    parser.add_argument("--on-error", default="stop", metavar="{" + ",".join(ON_ERROR) + "}",
+                        help="an unreadable image (or a VinDr annotation row given twice) stops the run (stop, "
+                             "default) or is skipped, counted and listed in errors.csv (skip)")
     parser.set_defaults(func=run, with_normals=False)
 
 
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         ratios=args.ratios, with_normals=args.with_normals, official_test=args.official_test,
         val_fraction=args.val_fraction, include_test_in_pretrain=args.include_test_in_pretrain,
         allow_missing_images=args.allow_missing_images, reserve=args.reserve, seed=args.seed,
-        workers=args.workers, on_error=args.on_error,
+        workers=args.workers, on_error=check_on_error(args.on_error),
     )
     prepare(settings)
     return 0

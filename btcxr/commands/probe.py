@@ -21,7 +21,8 @@ examples:
   btcxr probe --config configs/probe/demo.yaml data.cache=cache/nih-demo --backbone random
 
 The run directory gets config.yaml, metrics.jsonl, tb/ (TensorBoard), best.pt (selected epoch: head, plus
-the backbone when fine-tuned), last.pt (for --resume), results.json and results.md.
+the backbone when fine-tuned), last.pt, results.json and results.md. Rerunning the same command
+resumes the run (or, when it finished, scores it again); a changed config is refused, naming the keys.
 """
 
 
@@ -40,14 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. data.cache=cache/nih data.fraction=0.01 "
                              "probe.mode=finetune")
-    parser.add_argument("--backbone", required=True, metavar="{imagenet,random,PATH}",
-                        help="backbone init: ImageNet weights, random, or a file (backbone.pth, a "
-                             "pre-training checkpoint, a torchvision ResNet state dict)")
+    parser.add_argument("--backbone", metavar="{imagenet,random,PATH}",
+                        help="backbone init (sets model.init): ImageNet weights, random, or a file "
+                             "(backbone.pth, a pre-training checkpoint, a torchvision ResNet state dict)")
     parser.add_argument("--init-weights", metavar="FILE",
-                        help="ImageNet weights file for --backbone imagenet on machines without internet")
+                        help="ImageNet weights file for --backbone imagenet on machines without internet "
+                             "(sets model.weights_file)")
     parser.add_argument("--out", metavar="RUN_DIR",
                         help="run directory (default: runs/probe/<backbone>-<mode>-f<fraction>-s<seed>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from RUN_DIR/last.pt (an error when there is none; rerunning the same "
+                             "command resumes anyway)")
     parser.set_defaults(func=run)
 
 
@@ -58,16 +62,22 @@ def run(args: argparse.Namespace) -> int:
     from btcxr.classify.train import probe
     from btcxr.config import load_config
 
-    cfg = load_config(ProbeConfig, args.config, args.overrides)
-    out = args.out or _default_out(cfg, args.backbone)
-    probe(cfg, args.backbone, out, init_weights=args.init_weights, resume=args.resume)
+    overrides = list(args.overrides)
+    if args.backbone:
+        overrides.append(f"model.init={args.backbone}")
+    if args.init_weights:
+        overrides.append(f"model.weights_file={args.init_weights}")
+    cfg = load_config(ProbeConfig, args.config, overrides)
+    out = args.out or _default_out(cfg)
+    probe(cfg, out, resume=args.resume)
     print((Path(out) / "results.md").read_text(encoding="utf-8"))
     return 0
 
 
-def _default_out(cfg, backbone: str) -> str:
+def _default_out(cfg) -> str:
     from pathlib import Path
 
+    backbone = cfg.model.init
     path = Path(backbone)
     name = backbone if backbone in ("imagenet", "random") else f"{path.parent.name}_{path.stem}".lstrip("_")
     return f"runs/probe/{name}-{cfg.probe.mode}-f{cfg.data.fraction:g}-s{cfg.seed}"

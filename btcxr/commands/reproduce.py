@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import argparse
-
-from btcxr.errors import BtcxrError
+import re
 
 DESCRIPTION = """\
 Run the comparison an experiment file describes: data (synthetic or real, prepared into caches),
@@ -35,22 +34,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", required=True, metavar="FILE", help="experiment YAML (configs/experiments/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override experiment settings")
     parser.add_argument("--out", metavar="DIR", help="experiment directory (default: runs/experiments/<name>)")
-    parser.add_argument("--shard", default="0/1", metavar="i/n", help="run shard i of n of the grid (default 0/1)")
+    parser.add_argument("--shard", default=(0, 1), type=shard_spec, metavar="i/n",
+                        help="run shard i of n of the grid, 0 <= i < n (default 0/1)")
     parser.add_argument("--workers", type=int, help="processes for synthesis and preparation (default: all cores)")
     parser.set_defaults(func=run)
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    index, sep, count = text.partition("/")
-    if not sep or not index.isdigit() or not count.isdigit():
-        raise BtcxrError(f"--shard {text!r}: expected i/n, e.g. 0/4")
-    return int(index), int(count)
+def shard_spec(text: str) -> tuple[int, int]:
+    """`--shard i/n` -> (i, n), checked while the arguments are parsed: a bad value is refused before
+    any data is synthesised or any model trained."""
+    match = re.fullmatch(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*", text, re.ASCII)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected i/n with whole numbers, e.g. 0/4 "
+                                         "(shard 0 of 4)")
+    index, count = int(match[1]), int(match[2])
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the number of shards n must be at least 1")
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"{text!r}: the shard index must be one of 0..{count - 1} "
+                                         f"(shards count from 0)")
+    return index, count
 
 
 def run(args: argparse.Namespace) -> int:
     from btcxr.report.reproduce import reproduce
 
-    index, count = parse_shard(args.shard)
+    index, count = args.shard
     report = reproduce(args.config, args.overrides, out=args.out, shard_index=index, shard_count=count,
                        workers=args.workers)
     if report is not None:

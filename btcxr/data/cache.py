@@ -11,11 +11,16 @@ what is left. Every file reaches its final name by os.replace from a temporary f
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import io
+import itertools
 import logging
 import multiprocessing
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -43,13 +48,13 @@ from btcxr.data.cache_format import (
     check_image_id,
     iter_temp_files,
     read_settings,
-    temp_path,
     write_csv_atomic,
     write_json_atomic,
 )
 from btcxr.data.classes import NO_FINDING
 from btcxr.data.images import ImageReadError, read_image, resize_longest
-from btcxr.errors import BtcxrError
+from btcxr.engine.io import ensure_dir, write_bytes
+from btcxr.errors import BtcxrError, check_on_error
 from btcxr.logs import progress_disabled
 
 log = logging.getLogger(__name__)
@@ -95,7 +100,7 @@ class PrepareSettings:
     reserve: str | None = None
     seed: int = 0
     workers: int | None = None
-    on_error: str = "stop"  # stop | skip
+    on_error: str = "stop"  # one of btcxr.errors.ON_ERROR: stop | skip
 
 
 @dataclass
@@ -107,7 +112,8 @@ class PrepareReport:
     prepared: int  # decoded by this run
     reused: int  # found finished in the cache (journal)
     skipped: int  # bad files left out (--on-error skip)
-    errors: list[dict[str, str]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)  # what errors.csv lists
+    dropped_rows: int = 0  # VinDr annotation rows given twice, left out (--on-error skip)
 
 
 @dataclass
@@ -116,12 +122,14 @@ class _Plan:
 
     tasks: pd.DataFrame  # image_id, path
     finish: Callable[[Path, pd.DataFrame], dict[str, Any]]  # (cache, done rows) -> summary for prepare.json
+    dropped_rows: list[dict[str, str]] = field(default_factory=list)  # annotation rows left out (--on-error skip)
 
 
 # ----------------------------------------------------------------------------------------------- worker
 def _prepare_one(task: tuple[str, str, str], cache: str, size: int, bits: int) -> dict[str, Any]:
     """Decode, resize and write one image (runs in a pool worker). A file that cannot be read comes
-    back as an error row; anything else (a full disk, a bug) propagates and stops the run."""
+    back as an error row; a failed write (full disk) is a BtcxrError naming the file; anything else (a
+    bug) propagates and stops the run."""
     image_id, path, file = task
     try:
         radiograph = read_image(path, bits=bits)
@@ -131,24 +139,66 @@ def _prepare_one(task: tuple[str, str, str], cache: str, size: int, bits: int) -
         return {"error": True, "image_id": image_id, "path": path, "reason": str(exc)}
     pixels, scale = resize_longest(radiograph.pixels, size)
     dest = Path(cache) / file
-    tmp = temp_path(dest)
-    Image.fromarray(pixels).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    os.replace(tmp, dest)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    data = buffer.getvalue()
+    write_bytes(dest, data, durable=False)  # the journal records its size and CRC: a rerun checks it
     return {"error": False, "image_id": image_id, "file": file, "orig_width": radiograph.orig_width,
             "orig_height": radiograph.orig_height, "width": int(pixels.shape[1]),
-            "height": int(pixels.shape[0]), "scale": scale}
+            "height": int(pixels.shape[0]), "scale": scale, "bytes": len(data), "crc32": zlib.crc32(data)}
+
+
+def _prepare_chunk(chunk: list[tuple[str, str, str]], cache: str, size: int, bits: int) -> list[dict[str, Any]]:
+    return [_prepare_one(task, cache, size, bits) for task in chunk]
 
 
 def _run_tasks(todo: list[tuple[str, str, str]], cache: Path, settings: PrepareSettings,
                workers: int) -> Iterator[dict[str, Any]]:
-    """Results of _prepare_one over `todo`, in completion order, in-process when one worker is enough."""
-    work = partial(_prepare_one, cache=str(cache), size=settings.size, bits=settings.bits)
+    """Results of _prepare_one over `todo`, in completion order, in-process when one worker is enough.
+
+    A bounded number of chunks is in flight (memory stays flat in the number of images). A worker that
+    dies (the out-of-memory killer, kill -9) breaks the pool: the run stops with a BtcxrError naming the
+    files that were being decoded, instead of waiting forever for them."""
+    work = partial(_prepare_chunk, cache=str(cache), size=settings.size, bits=settings.bits)
     if workers <= 1 or len(todo) <= 1:
-        yield from map(work, todo)
+        for task in todo:
+            yield from work([task])
         return
     chunksize = max(1, min(16, len(todo) // (workers * 8)))
-    with multiprocessing.get_context().Pool(workers) as pool:  # leaving the block terminates the pool
-        yield from pool.imap_unordered(work, todo, chunksize=chunksize)
+    chunks = [todo[k:k + chunksize] for k in range(0, len(todo), chunksize)]
+    pending = iter(chunks)
+    in_flight: dict[cf.Future, list[tuple[str, str, str]]] = {}
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context())
+    lost: list[tuple[str, str, str]] = []  # the tasks of the chunk that came back broken
+    try:
+        for chunk in itertools.islice(pending, 2 * workers):
+            lost = chunk
+            in_flight[pool.submit(work, chunk)] = chunk
+        while in_flight:
+            finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                lost = in_flight.pop(future)
+                results = future.result()
+                for nxt in itertools.islice(pending, 1):
+                    lost = nxt
+                    in_flight[pool.submit(work, nxt)] = nxt
+                yield from results
+    except BrokenProcessPool:
+        files = [path for c in (lost, *in_flight.values()) for _, path, _ in c]
+        raise BtcxrError(
+            f"a prepare worker process died (killed by a signal, e.g. the out-of-memory killer) while decoding "
+            f"one of: {_name_files(files)}. Finished images are kept: rerun the same command to finish (with "
+            "fewer --workers if memory is short)") from None
+    finally:
+        for future in in_flight:
+            future.cancel()
+        # Running chunks are few (2 per worker) and short; a broken pool has no live workers left.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _name_files(paths: list[str], limit: int = 6) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -157,11 +207,16 @@ def prepare(settings: PrepareSettings) -> PrepareReport:
     _validate(settings)
     cache = Path(settings.out)
     _check_compatible(cache, settings)
-    (cache / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    ensure_dir(cache, "--out")
+    ensure_dir(cache / IMAGES_DIR, "cache image folder")
     for stale in iter_temp_files(cache):  # left by a killed run; never a finished file
         stale.unlink(missing_ok=True)
 
     plan = _plan(settings, cache)
+    if plan.tasks.empty:
+        hint = (" (no image has a finding: pass --with-normals to prepare the normal ones)"
+                if settings.dataset == "vindr" and not settings.with_normals else "")
+        raise BtcxrError(f"--root {settings.root}: no images to prepare{hint}")
     tasks = plan.tasks.sort_values("image_id", kind="stable").reset_index(drop=True)
     tasks["file"] = [cache_file_name(i) for i in tasks["image_id"]]
     dup = tasks["file"].duplicated(keep=False)
@@ -172,11 +227,10 @@ def prepare(settings: PrepareSettings) -> PrepareReport:
     started = time.time()
     write_json_atomic(_settings_record(settings, status="running"), cache / SETTINGS)
     journal = Journal(cache)
-    done = journal.read()
+    done = journal.read(size=settings.size)  # only images whose PNG is still the one journaled
     wanted = set(tasks["image_id"])
-    reused = sum(1 for i in wanted if i in done and done[i]["file"] == cache_file_name(i))
-    todo = [(i, p, f) for i, p, f in zip(tasks["image_id"], tasks["path"], tasks["file"])
-            if not (i in done and done[i]["file"] == f)]
+    reused = sum(1 for i in wanted if i in done)
+    todo = [(i, p, f) for i, p, f in zip(tasks["image_id"], tasks["path"], tasks["file"]) if i not in done]
     workers = max(1, min(settings.workers or os.cpu_count() or 1, len(todo)))
     log.info("%d images: %d already in the cache, %d to prepare with %d worker(s)", len(tasks), reused,
              len(todo), workers)
@@ -209,20 +263,22 @@ def prepare(settings: PrepareSettings) -> PrepareReport:
     done_rows = pd.DataFrame([done[i] for i in tasks["image_id"] if i in done],
                              columns=["image_id", "file", "orig_width", "orig_height", "width", "height", "scale"])
     summary = plan.finish(cache, done_rows)
-    if errors:
-        write_csv_atomic(pd.DataFrame(errors, columns=ERROR_COLUMNS), cache / ERRORS)
-        log.warning("skipped %d unreadable file(s); they are listed in %s", len(errors), cache / ERRORS)
+    listed = plan.dropped_rows + sorted(errors, key=lambda e: e["image_id"])  # the same order on every run
+    if listed:
+        write_csv_atomic(pd.DataFrame(listed, columns=ERROR_COLUMNS), cache / ERRORS)
+        log.warning("skipped %d unreadable file(s) and %d repeated annotation row(s); they are listed in %s",
+                    len(errors), len(plan.dropped_rows), cache / ERRORS)
     else:
         (cache / ERRORS).unlink(missing_ok=True)
     counts = {"images": int(summary.pop("images")), "prepared": prepared, "reused": reused,
-              "skipped": len(errors)}
+              "skipped": len(errors), "dropped_rows": len(plan.dropped_rows)}
     record = _settings_record(settings, status="complete") | summary | {
         "counts": counts, "seconds": round(time.time() - started, 1)}
     write_json_atomic(record, cache / SETTINGS)
     log.info("cache %s: %d images (%d prepared now, %d reused, %d skipped)", cache, counts["images"],
              prepared, reused, len(errors))
     return PrepareReport(cache=cache, images=counts["images"], prepared=prepared, reused=reused,
-                         skipped=len(errors), errors=errors)
+                         skipped=len(errors), errors=listed, dropped_rows=len(plan.dropped_rows))
 
 
 def _validate(s: PrepareSettings) -> None:
@@ -232,8 +288,7 @@ def _validate(s: PrepareSettings) -> None:
         raise BtcxrError(f"--size {s.size}: expected a whole number of pixels, at least 8")
     if s.bits not in (8, 16):
         raise BtcxrError(f"--bits {s.bits}: expected 8 or 16")
-    if s.on_error not in ("stop", "skip"):
-        raise BtcxrError(f"--on-error {s.on_error}: expected stop or skip")
+    s.on_error = check_on_error(s.on_error)
     if s.workers is not None and s.workers < 1:
         raise BtcxrError(f"--workers {s.workers}: expected at least 1")
     if not Path(s.root).is_dir():
@@ -350,7 +405,7 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
 
     classes = class_names(s.label_set)[:-1]
     spec = parse_fusion(s.fusion)
-    train = load_vindr(s.root, "train", s.label_set)
+    train = load_vindr(s.root, "train", s.label_set, on_duplicate=s.on_error)
     train_source = _vindr_annotation_file(train, "train")
     # Fusion is invariant to scaling each axis, so fusing before decoding (no sizes yet) gives the
     # image-level labels the split and the --no-normals selection need; the boxes written to
@@ -361,7 +416,7 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
         if train.layout != "physionet":
             raise BtcxrError(f"--official-test: {s.root} is the Kaggle layout, whose test images carry no "
                              "annotations; the official test needs the PhysioNet layout (annotations_test.csv)")
-        test = load_vindr(s.root, "test", s.label_set)
+        test = load_vindr(s.root, "test", s.label_set, on_duplicate=s.on_error)
     # The official test holds one consensus reading per image: its boxes are kept as they are.
     pre_test = (fuse_readers(test.annotations, "union", label_set=s.label_set) if test is not None else None)
 
@@ -416,7 +471,8 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
                 "parts": manifest["split"].value_counts().to_dict(), "boxes": boxes,
                 "classes": list(classes)}
 
-    return _Plan(tasks=tasks[["image_id", "path"]], finish=finish)
+    dropped = train.dropped_rows + (test.dropped_rows if test is not None else [])
+    return _Plan(tasks=tasks[["image_id", "path"]], finish=finish, dropped_rows=dropped)
 
 
 def _vindr_annotation_file(source, split: str) -> str:

@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import math
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from btcxr.engine import io as engine_io
 from btcxr.errors import BtcxrError
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 ANNOTATIONS = "annotations.csv"
@@ -34,36 +40,46 @@ IMAGES_DIR = "images"
 
 MANIFEST_COLUMNS = ["image_id", "file", "patient_id", "split", "labels", "orig_width", "orig_height", "scale"]
 ANNOTATION_COLUMNS = ["image_id", "class_id", "class_name", "x_min", "y_min", "x_max", "y_max", "score"]
-JOURNAL_COLUMNS = ["image_id", "file", "orig_width", "orig_height", "width", "height", "scale"]
+JOURNAL_COLUMNS = ["image_id", "file", "orig_width", "orig_height", "width", "height", "scale", "bytes", "crc32"]
+_JOURNAL_V1_COLUMNS = JOURNAL_COLUMNS[:7]  # journals written before the PNG checksums were recorded
 ERROR_COLUMNS = ["image_id", "path", "reason"]
-TEMP_MARK = ".tmp"
+TEMP_MARK = engine_io.TEMP_MARK
 
 
 # ----------------------------------------------------------------------------------------------- writing
+# Every file goes through btcxr.engine.io: a temporary name beside it, renamed over it; a failed write
+# (full disk, no permission) is a BtcxrError naming the file. These names are kept for the callers.
 def temp_path(path: Path) -> Path:
-    """A temporary name next to `path` (same directory, so os.replace is atomic), hidden and marked."""
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    """A temporary name next to `path` (same directory, so os.replace is atomic), hidden, marked, unique."""
+    return engine_io.temp_name(Path(path))
 
 
 def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and TEMP_MARK in name
+    return engine_io.is_temp_name(name)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    engine_io.write_bytes(path, data)
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Whole-file CSV write: readers see the old file or the new one, never half of one."""
-    write_bytes_atomic(path, frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
+    engine_io.write_csv(path, frame)
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+    engine_io.write_json(path, obj, sort_keys=False)
+
+
+def png_checksum(path: Path) -> tuple[int, int]:
+    """(bytes, CRC-32) of a file: what the journal records of a cached PNG to recognise it unchanged."""
+    crc = 0
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return size, crc
 
 
 def cache_file_name(image_id: str) -> str:
@@ -83,54 +99,139 @@ def check_image_id(image_id: str, where: str) -> None:
 # ----------------------------------------------------------------------------------------------- journal
 class Journal:
     """Append-only record of finished images (written by the main process after each image's file
-    has been renamed into place), so a rerun skips them without decoding. A line cut short by a kill
-    is ignored on reading."""
+    has been renamed into place), so a rerun skips them without decoding.
+
+    Each line records the PNG's byte count and CRC-32; a rerun reuses an image only when its file still
+    has them (a truncated or damaged PNG is decoded again). A line is only trusted whole: the last line
+    without its newline (a kill during the append) is dropped, and so are lines whose numbers do not
+    parse or do not agree with each other and with the cache's size.
+    """
 
     def __init__(self, cache: Path) -> None:
         self.path = Path(cache) / JOURNAL
         self._fh = None
 
-    def read(self) -> dict[str, dict[str, Any]]:
-        """image_id -> journal row, for rows whose cache file still exists."""
+    def read(self, size: int | None = None) -> dict[str, dict[str, Any]]:
+        """image_id -> journal row, for rows whose cache file is still the one that was journaled.
+
+        `size`: the cache's longest side; lines that disagree with it are dropped."""
         done: dict[str, dict[str, Any]] = {}
         if not self.path.exists():
             return done
-        with open(self.path, newline="", encoding="utf-8") as fh:
-            for row in csv.reader(fh):
-                if len(row) != len(JOURNAL_COLUMNS) or row[0] == "image_id":
-                    continue
-                try:
-                    entry = {"image_id": row[0], "file": row[1], "orig_width": int(row[2]),
-                             "orig_height": int(row[3]), "width": int(row[4]), "height": int(row[5]),
-                             "scale": float(row[6])}
-                except ValueError:
-                    continue  # a truncated last line
-                done[entry["image_id"]] = entry
+        try:
+            text = self.path.read_bytes().decode("utf-8", errors="replace")
+        except OSError as exc:
+            raise BtcxrError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        lines = text.split("\n")[:-1]  # what follows the last newline was cut short by a kill
+        dropped = 0
+        for row in csv.reader(lines):
+            if not row or row[0] == "image_id":
+                continue
+            entry = _journal_entry(row, size)
+            if entry is None:
+                dropped += 1
+                continue
+            done[entry["image_id"]] = entry
+        if dropped:
+            log.info("%s: %d damaged line(s) ignored; their images are prepared again", self.path, dropped)
         cache = self.path.parent
-        return {k: v for k, v in done.items() if (cache / v["file"]).is_file()}
+        kept: dict[str, dict[str, Any]] = {}
+        for image_id, entry in done.items():
+            problem = _check_cached_png(cache / entry["file"], entry)
+            if problem is None:
+                kept[image_id] = entry
+            else:
+                log.warning("cached image %s %s; it is prepared again", cache / entry["file"], problem)
+        return kept
 
     def open(self) -> None:
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._fh = open(self.path, "a", newline="", encoding="utf-8")
-        if new:
-            self._fh.write(",".join(JOURNAL_COLUMNS) + "\n")
-        else:
-            with open(self.path, "rb") as fh:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":  # a line cut short by a kill: end it, the reader drops it
-                    self._fh.write("\n")
-        self._fh.flush()
+        try:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self._fh = open(self.path, "a", newline="", encoding="utf-8")
+            if new:
+                self._fh.write(",".join(JOURNAL_COLUMNS) + "\n")
+            else:
+                with open(self.path, "rb") as fh:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":  # a line cut short by a kill: end it, the reader drops it
+                        self._fh.write("\n")
+            self._fh.flush()
+        except OSError as exc:
+            self.close()
+            raise engine_io.write_error(self.path, exc) from exc
 
     def add(self, entry: dict[str, Any]) -> None:
         assert self._fh is not None
         writer = csv.writer(self._fh, lineterminator="\n")
-        writer.writerow([entry[c] for c in JOURNAL_COLUMNS])
-        self._fh.flush()
+        try:
+            writer.writerow([entry[c] for c in JOURNAL_COLUMNS])
+            self._fh.flush()
+        except OSError as exc:
+            raise engine_io.write_error(self.path, exc) from exc
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError as exc:  # the buffered tail of a full disk
+                log.warning("cannot finish %s: %s", self.path, exc.strerror or exc)
             self._fh = None
+
+
+def _journal_entry(row: list[str], size: int | None) -> dict[str, Any] | None:
+    """A parsed, self-consistent journal row, or None."""
+    if len(row) not in (len(JOURNAL_COLUMNS), len(_JOURNAL_V1_COLUMNS)):
+        return None
+    try:
+        entry: dict[str, Any] = {"image_id": row[0], "file": row[1], "orig_width": int(row[2]),
+                                 "orig_height": int(row[3]), "width": int(row[4]), "height": int(row[5]),
+                                 "scale": float(row[6])}
+        if len(row) == len(JOURNAL_COLUMNS):
+            entry["bytes"], entry["crc32"] = int(row[7]), int(row[8])
+    except ValueError:
+        return None
+    if not entry["image_id"] or entry["file"] != cache_file_name(entry["image_id"]):
+        return None
+    if min(entry["orig_width"], entry["orig_height"], entry["width"], entry["height"]) < 1:
+        return None
+    longest = max(entry["orig_width"], entry["orig_height"])
+    scale = entry["scale"]
+    if not math.isfinite(scale) or scale <= 0:
+        return None
+    # The scale is size / longest original side, and the cached sides follow from it: a number cut
+    # short (0.21875 -> 0.2) breaks these equalities.
+    if size is not None and (max(entry["width"], entry["height"]) != size
+                             or not math.isclose(scale, size / longest, rel_tol=1e-12)):
+        return None
+    if not math.isclose(scale * longest, max(entry["width"], entry["height"]), rel_tol=1e-9):
+        return None
+    for side, orig in (("width", "orig_width"), ("height", "orig_height")):
+        if abs(entry[side] - max(1, round(entry[orig] * scale))) > 1:
+            return None
+    return entry
+
+
+def _check_cached_png(path: Path, entry: dict[str, Any]) -> str | None:
+    """Why the cached PNG is not the one journaled (None when it is)."""
+    try:
+        if "bytes" in entry:
+            if path.stat().st_size != entry["bytes"]:
+                return f"has {path.stat().st_size} bytes, the journal recorded {entry['bytes']}"
+            if png_checksum(path)[1] != entry["crc32"]:
+                return "does not match its journaled checksum (damaged)"
+            return None
+        # A journal of an older version, without checksums: the PNG must decode to the journaled size.
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            if im.size != (entry["width"], entry["height"]):
+                return f"is {im.size[0]} x {im.size[1]}, the journal recorded {entry['width']} x {entry['height']}"
+    except FileNotFoundError:
+        return "is missing"
+    except Exception as exc:  # unreadable, truncated, not a PNG
+        return f"cannot be read ({type(exc).__name__}: {exc})"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- reading

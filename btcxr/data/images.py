@@ -75,6 +75,9 @@ class ImageReadError(BtcxrError):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self):  # crosses process boundaries (pool workers) intact
+        return type(self), (self.path, self.reason)
+
 
 @dataclass(frozen=True, eq=False)
 class Radiograph:
@@ -150,8 +153,10 @@ def _read_pil(path: Path, bits: int, max_pixels: int) -> Radiograph:
         raise ImageReadError(path, f"refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a PNG, JPEG or DICOM image (format not recognised)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # untrusted bytes: OSError, SyntaxError, ValueError, zlib.error, struct.error, ...
+        raise ImageReadError(path, f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
     return Radiograph(pixels=pixels, orig_width=width, orig_height=height)
 
 
@@ -206,22 +211,24 @@ def _read_dicom(path: Path, bits: int, max_pixels: int) -> Radiograph:
         raise ImageReadError(path, f"DICOM file has no Pixel Data (7FE0,0010){detail}")
     for warning in caught:
         log.debug("%s: %s", path, warning.message)
-    for keyword in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation"):
-        if keyword not in ds:
-            raise ImageReadError(path, f"DICOM file lacks {keyword}, needed to decode its pixels")
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    header = _check_header(ds, path)
+    rows, cols, frames = header.rows, header.cols, header.frames
     _check_size(path, cols, rows * frames, max_pixels)
     if frames != 1:
         raise ImageReadError(path, f"multi-frame DICOM ({frames} frames); a radiograph has one")
 
-    tsuid = _transfer_syntax(ds)
+    try:
+        tsuid = _transfer_syntax(ds)
+    except Exception as exc:  # a damaged file meta
+        raise ImageReadError(path, f"unreadable Transfer Syntax UID (0002,0010) ({type(exc).__name__}: {exc})") from None
     try:
         decoder = get_decoder(tsuid)
     except NotImplementedError:
         raise ImageReadError(
             path, f"no pixel decoder exists for transfer syntax {_ts_name(tsuid)} ({tsuid})"
         ) from None
+    except Exception as exc:  # not even a UID
+        raise ImageReadError(path, f"invalid Transfer Syntax UID {tsuid!r:.80} ({type(exc).__name__})") from None
     if not decoder.is_available:
         missing = ", ".join(decoder.missing_dependencies)
         raise ImageReadError(
@@ -237,12 +244,202 @@ def _read_dicom(path: Path, bits: int, max_pixels: int) -> Radiograph:
         # Decoders raise many types, all meaning the same to the user; the Rust plugins (pylibjpeg-rle)
         # raise pyo3's PanicException on damaged data, which derives from BaseException, not Exception.
         raise ImageReadError(path, f"corrupt or truncated pixel data ({type(exc).__name__}: {exc})") from None
+    want = (rows, cols) if header.samples == 1 else (rows, cols, header.samples)
+    if not isinstance(arr, np.ndarray) or arr.shape != want:
+        raise ImageReadError(path, f"decoded pixel data has shape {getattr(arr, 'shape', None)}, the header "
+                                   f"(Rows, Columns, SamplesPerPixel) says {want}")
 
     try:
-        pixels = _dicom_to_gray(ds, arr, bits)
+        pixels = _dicom_to_gray(ds, arr, bits, header)
+    except ImageReadError:
+        raise
     except Exception as exc:  # pydicom's LUT/window checks, attributes of the wrong type or missing
-        raise ImageReadError(path, f"invalid pixel module ({exc})") from None
+        raise ImageReadError(path, f"invalid pixel module ({type(exc).__name__}: {exc})") from None
     return Radiograph(pixels=pixels, orig_width=cols, orig_height=rows)
+
+
+# Values that no radiograph has and that decoders would turn into gigantic or meaningless arrays.
+_BITS_ALLOCATED = (1, 8, 16, 32, 64)
+_PHOTOMETRIC = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3,
+                "YBR_FULL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3}
+_MAX_ABS_REAL = 1e15  # rescale and window values beyond this overflow the display chain
+
+
+@dataclass(frozen=True)
+class _Header:
+    """The pixel-module values of a DICOM, checked: what decoding and display rely on."""
+
+    rows: int
+    cols: int
+    frames: int
+    samples: int
+    photometric: str
+    window: bool  # a usable WindowCenter/WindowWidth pair is present
+    voi_lut: tuple[int, int] | None  # (entries, first mapped value) of the first VOI LUT, when present
+
+
+def _raw_value(ds, path: Path, keyword: str, where: str = ""):
+    """The value of an element; parsing a damaged element is a read error naming it."""
+    try:
+        return ds.get(keyword)
+    except Exception as exc:
+        raise ImageReadError(path, f"DICOM element {where}{keyword} cannot be parsed ({type(exc).__name__}: "
+                                   f"{exc})") from None
+
+
+def _is_multi(value) -> bool:
+    from pydicom.multival import MultiValue
+
+    return not isinstance(value, (str, bytes, bytearray)) and isinstance(value, (list, tuple, MultiValue))
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(path: Path, keyword: str, value, *, integer: bool) -> float:
+    """One numeric value of an element (a str of IS/DS, or a number), finite; whole when `integer`."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = value.decode("ascii").strip(" \x00")
+        except UnicodeDecodeError:
+            raise ImageReadError(path, f"DICOM element {keyword} is not a number ({_show(value)})") from None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ImageReadError(path, f"DICOM element {keyword} is not a number ({_show(value)})") from None
+    if not np.isfinite(number):
+        raise ImageReadError(path, f"DICOM element {keyword} is not a finite number ({_show(value)})")
+    if integer and number != int(number):
+        raise ImageReadError(path, f"DICOM element {keyword} is not a whole number ({_show(value)})")
+    return number
+
+
+def _int_element(ds, path: Path, keyword: str, *, default: int | None = None, allowed=None,
+                 lo: int | None = None, hi: int | None = None, where: str = "", empty_ok: bool = False) -> int | None:
+    """A single-valued whole-number element, checked against `allowed` or lo..hi; `default` when absent
+    (and when empty, if `empty_ok`)."""
+    name = f"{where}{keyword}"
+    if keyword not in ds:
+        return default
+    value = _raw_value(ds, path, keyword, where)
+    if value is None or value == "" or value == b"":
+        if empty_ok:
+            return default
+        raise ImageReadError(path, f"DICOM element {name} is empty")
+    if _is_multi(value):
+        raise ImageReadError(path, f"DICOM element {name} holds {len(value)} values ({_show(list(value))}); "
+                                   "expected one")
+    number = int(_number(path, name, value, integer=True))
+    if allowed is not None and number not in allowed:
+        raise ImageReadError(path, f"DICOM element {name} = {number} is invalid (expected one of "
+                                   f"{', '.join(map(str, allowed))})")
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        raise ImageReadError(path, f"DICOM element {name} = {number} is outside {lo}..{hi}")
+    return number
+
+
+def _real_values(ds, path: Path, keyword: str, *, multi: bool) -> list[float] | None:
+    """The numbers of a decimal element (None when absent or empty), finite and of plausible size."""
+    if keyword not in ds:
+        return None
+    value = _raw_value(ds, path, keyword)
+    if value is None or value == "" or value == b"":
+        return None
+    values = list(value) if _is_multi(value) else [value]
+    if len(values) > 1 and not multi:
+        raise ImageReadError(path, f"DICOM element {keyword} holds {len(values)} values ({_show(values)}); "
+                                   "expected one")
+    numbers = [_number(path, keyword, v, integer=False) for v in values]
+    if any(abs(n) > _MAX_ABS_REAL for n in numbers):
+        shown = _show(values if len(values) > 1 else values[0])
+        raise ImageReadError(path, f"DICOM element {keyword} = {shown} is implausibly large")
+    return numbers
+
+
+def _check_header(ds, path: Path) -> _Header:
+    """Every pixel-module value decoding and display use, checked, so that damage is reported by name."""
+    for keyword in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation"):
+        if keyword not in ds:
+            raise ImageReadError(path, f"DICOM file lacks {keyword}, needed to decode its pixels")
+    rows = _int_element(ds, path, "Rows", lo=1, hi=65535)
+    cols = _int_element(ds, path, "Columns", lo=1, hi=65535)
+    frames = _int_element(ds, path, "NumberOfFrames", default=1, lo=1, hi=2**31 - 1, empty_ok=True)
+    allocated = _int_element(ds, path, "BitsAllocated", allowed=_BITS_ALLOCATED)
+    _int_element(ds, path, "BitsStored", default=allocated, lo=1, hi=allocated)
+    _int_element(ds, path, "HighBit", default=0, lo=0, hi=allocated - 1, empty_ok=True)
+    _int_element(ds, path, "PixelRepresentation", default=0, allowed=(0, 1))
+    samples = _int_element(ds, path, "SamplesPerPixel", default=1, allowed=(1, 3))
+    _int_element(ds, path, "PlanarConfiguration", default=0, allowed=(0, 1), empty_ok=True)
+
+    photometric = _raw_value(ds, path, "PhotometricInterpretation")
+    if photometric is None or _is_multi(photometric) or not str(photometric).strip():
+        what = f"holds {len(photometric)} values" if _is_multi(photometric) else "is empty"
+        raise ImageReadError(path, f"DICOM element PhotometricInterpretation {what}; expected one of "
+                                   f"{', '.join(_PHOTOMETRIC)}")
+    photometric = str(photometric).strip().upper()
+    if photometric not in _PHOTOMETRIC:
+        raise ImageReadError(path, f"DICOM element PhotometricInterpretation {_show(photometric)} is unknown "
+                                   f"(expected one of {', '.join(_PHOTOMETRIC)})")
+    if _PHOTOMETRIC[photometric] != samples:
+        raise ImageReadError(path, f"DICOM elements disagree: PhotometricInterpretation {photometric} with "
+                                   f"SamplesPerPixel {samples}")
+
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword in ds and _real_values(ds, path, keyword, multi=False) is None:
+            raise ImageReadError(path, f"DICOM element {keyword} is empty")
+    slope = _real_values(ds, path, "RescaleSlope", multi=False)
+    if slope is not None and slope[0] == 0:
+        raise ImageReadError(path, "DICOM element RescaleSlope is 0 (every pixel would get the same value)")
+
+    voi_lut = _check_voi_lut(ds, path)
+    window = False
+    if voi_lut is None:
+        centre = _real_values(ds, path, "WindowCenter", multi=True)
+        width = _real_values(ds, path, "WindowWidth", multi=True)
+        if centre is not None and width is not None:
+            if width[0] < 1:
+                raise ImageReadError(path, f"DICOM element WindowWidth = {width[0]:g} is invalid (must be >= 1)")
+            window = True
+    return _Header(rows=rows, cols=cols, frames=frames, samples=samples, photometric=photometric, window=window,
+                   voi_lut=voi_lut)
+
+
+def _check_voi_lut(ds, path: Path) -> tuple[int, int] | None:
+    """(entries, first value) of the first VOI LUT Sequence item, checked; None without a VOI LUT."""
+    sequence = _raw_value(ds, path, "VOILUTSequence")
+    if not sequence:
+        return None
+    where = "VOILUTSequence[0]."
+    try:
+        item = sequence[0]
+        has = ("LUTDescriptor" in item, "LUTData" in item)
+    except Exception as exc:
+        raise ImageReadError(path, f"DICOM element VOILUTSequence cannot be parsed ({type(exc).__name__})") from None
+    for keyword, present in zip(("LUTDescriptor", "LUTData"), has):
+        if not present:
+            raise ImageReadError(path, f"DICOM element {where}{keyword} is missing")
+    descriptor = _raw_value(item, path, "LUTDescriptor", where)
+    values = list(descriptor) if _is_multi(descriptor) else [descriptor]
+    if len(values) != 3:
+        raise ImageReadError(path, f"DICOM element {where}LUTDescriptor holds {len(values)} value(s) "
+                                   f"({_show(values)}); expected 3 (entries, first value, bits)")
+    entries, first, lut_bits = (int(_number(path, f"{where}LUTDescriptor", v, integer=True)) for v in values)
+    if not 0 <= entries <= 65535:
+        raise ImageReadError(path, f"DICOM element {where}LUTDescriptor gives {entries} entries (expected 0..65535)")
+    if not -32768 <= first <= 65535:
+        raise ImageReadError(path, f"DICOM element {where}LUTDescriptor gives a first value {first} outside "
+                                   "-32768..65535")
+    if not 1 <= lut_bits <= 16:
+        raise ImageReadError(path, f"DICOM element {where}LUTDescriptor gives {lut_bits} bits (expected 8..16)")
+    entries = entries or 65536
+    data = _raw_value(item, path, "LUTData", where)
+    n_data = len(data) // (2 if isinstance(data, (bytes, bytearray)) else 1) if data is not None else 0
+    if n_data < entries:
+        raise ImageReadError(path, f"DICOM element {where}LUTData holds {n_data} entries, its LUTDescriptor "
+                                   f"says {entries}")
+    return entries, first
 
 
 def _transfer_syntax(ds) -> str:
@@ -267,27 +464,25 @@ def _ts_name(tsuid: str) -> str:
     return pydicom.uid.UID(tsuid).name
 
 
-def _dicom_to_gray(ds, arr: np.ndarray, bits: int) -> np.ndarray:
+def _dicom_to_gray(ds, arr: np.ndarray, bits: int, header: _Header) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    if header.samples != 1:
         # Colour DICOM (rare for radiographs): pydicom hands RGB; take PIL's luminance of it.
         rgb = arr if arr.dtype == np.uint8 else _stretch(arr.astype(np.float64), 8)
         gray = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))
         return gray if bits == 8 else gray.astype(np.uint16) * np.uint16(257)
 
     values = apply_modality_lut(arr, ds)
-    if ds.get("VOILUTSequence"):
-        descriptor = ds.VOILUTSequence[0].LUTDescriptor
-        n_entries = int(descriptor[0]) or 65536
-        first = int(descriptor[1])
+    if header.voi_lut is not None:
+        n_entries, first = header.voi_lut
         # A LUT is indexed by whole numbers: rescaled values are rounded to their nearest entry.
         index = values if np.issubdtype(values.dtype, np.integer) else np.rint(values).astype(np.int64)
         # Output range of the LUT: run it over its whole input domain.
         lut_out = apply_voi(np.arange(first, first + n_entries, dtype=np.int64), ds, index=0)
         lo, hi = float(lut_out.min()), float(lut_out.max())
         values = apply_voi(index, ds, index=0).astype(np.float64)
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
+    elif header.window:
         # Output range of the window: what it maps -inf and +inf to (depends on rescale and bit depth).
         with np.errstate(over="ignore"):
             lo, hi = apply_windowing(np.array([-1e300, 1e300]), ds, index=0)
@@ -295,7 +490,7 @@ def _dicom_to_gray(ds, arr: np.ndarray, bits: int) -> np.ndarray:
     else:
         lo, hi = float(values.min()), float(values.max())
     unit = _to_unit(values, float(lo), float(hi))
-    if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
+    if header.photometric == "MONOCHROME1":
         unit = 1.0 - unit
     return _unit_to_dtype(unit, bits)
 
@@ -318,7 +513,8 @@ def _check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
 def _to_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
         return np.zeros(values.shape, dtype=np.float64)
-    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.nan_to_num(np.clip((values - lo) / (hi - lo), 0.0, 1.0), nan=0.0)
 
 
 def _stretch(values: np.ndarray, bits: int) -> np.ndarray:

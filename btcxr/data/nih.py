@@ -53,6 +53,8 @@ def read_data_entry(path: str | Path) -> pd.DataFrame:
     whole and non-negative (sizes and spacings positive); sex M/F; view PA/AP.
     """
     df = read_table(path, list(_ENTRY_COLUMNS), what="NIH Data_Entry file")
+    if df.empty:
+        raise BtcxrError(f"{path}: no rows, only a header; the NIH Data_Entry file lists one image a line")
     extra = [c for c in df.columns if c not in _ENTRY_COLUMNS]
     if extra:
         filled = [c for c in extra if not (df[c].fillna("").astype(str).str.strip() == "").all()]
@@ -109,12 +111,16 @@ def read_bbox_list(path: str | Path) -> pd.DataFrame:
 
 def read_split_list(path: str | Path) -> list[str]:
     """Read ``train_val_list.txt`` / ``test_list.txt``: one image file name a line (blank lines skipped)."""
+    return list(read_split_list_lines(path))
+
+
+def read_split_list_lines(path: str | Path) -> dict[str, int]:
+    """:func:`read_split_list` as name -> line number (1-based), in file order."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise BtcxrError(f"{path}: cannot read the split list ({exc})") from None
-    names: list[str] = []
     seen: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         name = line.strip()
@@ -125,8 +131,7 @@ def read_split_list(path: str | Path) -> list[str]:
         if name in seen:
             fail(path, number, "image", f"{name} already listed on line {seen[name]}")
         seen[name] = number
-        names.append(name)
-    return names
+    return seen
 
 
 @dataclass
@@ -194,7 +199,7 @@ def load_nih(root: str | Path, require_images: bool = True) -> NihSource:
     if extra > 0:
         log.info("%s: %d PNGs below the root are not in the index; ignored", root, extra)
 
-    index["official_split"] = _official_split(index, found)
+    index["official_split"] = _official_split(index, found, require_images)
     bboxes = None
     if BBOX_FILE in found:
         bbox_path = Path(_pick(found[BBOX_FILE]))
@@ -233,12 +238,28 @@ def _parse_age(path: str | Path, df: pd.DataFrame, field: str) -> pd.Series:
     return np.floor(parts[0].astype(np.float64) / per_year).astype(np.int64)
 
 
-def _official_split(index: pd.DataFrame, found: dict[str, list[str]]) -> pd.Series:
+def _official_split(index: pd.DataFrame, found: dict[str, list[str]], require_images: bool = True) -> pd.Series:
+    """train_val / test / "" per indexed image. A listed name that is not an indexed image is an error
+    naming the list and the line; without ``require_images`` (--allow-missing-images) a logged count."""
     if TRAIN_VAL_LIST not in found or TEST_LIST not in found:
         log.info("official split lists (%s, %s) not both found: official_split left empty", TRAIN_VAL_LIST, TEST_LIST)
         return pd.Series("", index=index.index, dtype=object)
     train_path, test_path = _pick(found[TRAIN_VAL_LIST]), _pick(found[TEST_LIST])
-    train_val, test = set(read_split_list(train_path)), set(read_split_list(test_path))
+    indexed = set(index["image_id"])
+    lists = {}
+    for list_path in (train_path, test_path):
+        lines = read_split_list_lines(list_path)
+        unknown = [(name, line) for name, line in lines.items() if name not in indexed]
+        if unknown:
+            name, line = unknown[0]
+            if require_images:
+                more = f" ({len(unknown) - 1} more such line(s))" if len(unknown) > 1 else ""
+                fail(list_path, line, "image", f"{name} is not an image of the index (not in the Data_Entry file, "
+                     f"or its PNG is missing){more}; pass --allow-missing-images to leave such names out")
+            log.warning("%s: %d listed name(s) are not indexed images (e.g. %s on line %d); left out", list_path,
+                        len(unknown), name, line)
+        lists[list_path] = set(lines)
+    train_val, test = lists[train_path], lists[test_path]
     both = train_val & test
     if both:
         raise BtcxrError(f"{test_path}: {len(both)} images are also in {train_path} (e.g. {sorted(both)[0]})")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,17 +63,21 @@ def no_finding_id(label_set: str = "kaggle") -> int:
     return len(class_names(label_set)) - 1
 
 
-def read_kaggle_train_csv(path: str | Path, label_set: str = "kaggle") -> pd.DataFrame:
+def read_kaggle_train_csv(path: str | Path, label_set: str = "kaggle", *, on_duplicate: str = "stop",
+                          dropped: list[dict[str, str]] | None = None) -> pd.DataFrame:
     """Read and validate the Kaggle ``train.csv`` (67,914 rows for the real file).
 
     Checks, each failing with a BtcxrError naming file, line and field: all columns present; image_id
     and rad_id non-empty; class_name known and matching class_id; box rows ("No finding" excluded) with
     four non-negative numbers and x_max > x_min, y_max > y_min. Coordinates on "No finding" rows are
     set to NaN (some re-exports write ``0 0 1 1`` there). With ``label_set="local"`` the ids are renumbered
-    to the local label set.
+    to the local label set. A file without rows is an error. A row that repeats an earlier one exactly
+    (or the header) would count one reader twice in the fusion: an error naming the lines, or with
+    ``on_duplicate="skip"`` dropped, logged and appended to ``dropped`` (image_id, path, reason).
     """
     names = class_names(label_set)
     df = read_table(path, KAGGLE_COLUMNS, what="VinDr train.csv")
+    df = _check_rows(path, df, "VinDr train.csv", on_duplicate, dropped)
     image_id = require_text(path, df, "image_id")
     rad_id = require_text(path, df, "rad_id")
     class_name = df["class_name"].astype(str).str.strip()
@@ -92,15 +96,18 @@ def read_kaggle_train_csv(path: str | Path, label_set: str = "kaggle") -> pd.Dat
     return out[ANNOTATION_COLUMNS].reset_index(drop=True)
 
 
-def read_physionet_annotations(path: str | Path, label_set: str = "kaggle") -> pd.DataFrame:
+def read_physionet_annotations(path: str | Path, label_set: str = "kaggle", *, on_duplicate: str = "stop",
+                               dropped: list[dict[str, str]] | None = None) -> pd.DataFrame:
     """Read ``annotations_train.csv`` / ``annotations_test.csv`` of VinDr-CXR 1.0.0 (PhysioNet).
 
     Columns ``image_id, rad_id, class_name, x_min, y_min, x_max, y_max``; a file without ``rad_id`` (the
     test consensus) gets rad_id "consensus". class_id is derived from the name in ``label_set`` (see the
-    module docstring for the ids and for what ``"kaggle"`` drops). Same checks as the Kaggle reader.
+    module docstring for the ids and for what ``"kaggle"`` drops). Same checks as the Kaggle reader
+    (repeated rows and ``on_duplicate`` included).
     """
     names = class_names(label_set)
     df = read_table(path, ["image_id", "class_name", *BOX_COLUMNS], what="VinDr annotations file")
+    df = _check_rows(path, df, "VinDr annotations file", on_duplicate, dropped)
     image_id = require_text(path, df, "image_id")
     if "rad_id" in df.columns:
         rad_id = require_text(path, df, "rad_id")
@@ -162,15 +169,18 @@ class VindrSource:
     annotations: pd.DataFrame | None  # ANNOTATION_COLUMNS; None where the layout ships none (Kaggle test)
     image_labels: pd.DataFrame | None = None  # PhysioNet image_labels_<split>.csv when present
     root: Path | None = None
+    dropped_rows: list[dict[str, str]] = field(default_factory=list)  # repeated rows dropped (on_duplicate="skip")
 
 
-def load_vindr(root: str | Path, split: str = "train", label_set: str = "kaggle") -> VindrSource:
+def load_vindr(root: str | Path, split: str = "train", label_set: str = "kaggle", *,
+               on_duplicate: str = "stop") -> VindrSource:
     """Find a VinDr-CXR copy below ``root`` and read one split.
 
     Layout: ``root/train.csv`` -> Kaggle (``train/``, ``test/``; test has no annotations); ``root/annotations/``
     -> PhysioNet 1.0.0 (``annotations/annotations_<split>.csv`` and ``image_labels_<split>.csv``). Images
     are ``root/<split>/*.dicom`` (or ``.dcm``). An annotated image without a DICOM is an error; DICOMs
-    without annotations are kept and counted in the log.
+    without annotations are kept and counted in the log. ``on_duplicate`` (stop | skip): what a row
+    repeated exactly in the annotation file does (see :func:`read_kaggle_train_csv`).
     """
     root = Path(root)
     if split not in ("train", "test"):
@@ -191,14 +201,15 @@ def load_vindr(root: str | Path, split: str = "train", label_set: str = "kaggle"
         )
     images = _list_dicoms(root / split)
     annotations = image_labels = None
+    dropped: list[dict[str, str]] = []
     if layout == "kaggle":
         if split == "train":
-            annotations = read_kaggle_train_csv(kaggle_csv, label_set)
+            annotations = read_kaggle_train_csv(kaggle_csv, label_set, on_duplicate=on_duplicate, dropped=dropped)
     else:
         ann_path = physio_dir / f"annotations_{split}.csv"
         if not ann_path.is_file():
             raise BtcxrError(f"{ann_path}: annotation file of the PhysioNet layout not found")
-        annotations = read_physionet_annotations(ann_path, label_set)
+        annotations = read_physionet_annotations(ann_path, label_set, on_duplicate=on_duplicate, dropped=dropped)
         labels_path = physio_dir / f"image_labels_{split}.csv"
         if labels_path.is_file():
             image_labels = read_physionet_image_labels(labels_path)
@@ -216,7 +227,7 @@ def load_vindr(root: str | Path, split: str = "train", label_set: str = "kaggle"
             log.info("%s: %d DICOMs have no annotation rows", root / split, extra)
     log.info("VinDr %s layout, %s split: %d DICOMs", layout, split, len(images))
     return VindrSource(layout=layout, images=images, annotations=annotations, image_labels=image_labels,
-                       root=root.resolve())
+                       root=root.resolve(), dropped_rows=dropped)
 
 
 def check_boxes_inside(ann: pd.DataFrame, sizes: pd.DataFrame, source: str) -> None:
@@ -250,6 +261,41 @@ def check_boxes_inside(ann: pd.DataFrame, sizes: pd.DataFrame, source: str) -> N
 
 
 # ----------------------------------------------------------------------------------------------------
+
+
+def _check_rows(path: str | Path, df: pd.DataFrame, what: str, on_duplicate: str,
+                dropped: list[dict[str, str]] | None) -> pd.DataFrame:
+    """No rows at all is an error; a row repeating the header or an earlier row exactly is an error, or
+    with on_duplicate="skip" dropped (and recorded in `dropped`). Index = line numbers (read_table)."""
+    if on_duplicate not in ("stop", "skip"):
+        raise BtcxrError(f"on_duplicate {on_duplicate!r}: expected stop or skip")
+    if df.empty:
+        raise BtcxrError(f"{path}: no rows, only a header; the {what} holds one row per reader and finding")
+    header = pd.Series(list(df.columns), index=df.columns)
+    is_header = (df == header).all(axis=1)
+    groups = df.groupby(list(df.columns), sort=False, dropna=False).ngroup()
+    first_line = pd.Series(df.index, index=df.index).groupby(groups.to_numpy()).transform("first")
+    repeat = (first_line != df.index) | is_header
+    if not repeat.any():
+        return df
+    lines = df.index[repeat.to_numpy()]
+    line = int(lines[0])
+    first = "the header" if is_header.loc[line] else f"line {int(first_line.loc[line])}"
+    total = int(repeat.sum())
+    whole = (" (the whole file seems to be in it twice)" if total * 2 >= len(df) else "")
+    problem = (f"{total} row(s) repeat an earlier row exactly{whole}, e.g. line {line} repeats {first}; a "
+               "repeated reader row changes the fused boxes and their scores")
+    if on_duplicate == "stop":
+        raise BtcxrError(f"{path}: {problem}. Remove the repeats, or pass --on-error skip to drop them "
+                         "(they are then listed in errors.csv)")
+    log.warning("%s: dropped %d repeated row(s) (e.g. line %d repeats %s)", path, total, line, first)
+    if dropped is not None:
+        for k in lines:
+            k = int(k)
+            again = "the header" if is_header.loc[k] else f"line {int(first_line.loc[k])}"
+            dropped.append({"image_id": str(df.at[k, "image_id"]), "path": f"{path}",
+                            "reason": f"line {k} repeats {again} exactly; row dropped"})
+    return df[~repeat]
 
 
 def _read_boxes(path: str | Path, df: pd.DataFrame, is_box: pd.Series) -> pd.DataFrame:

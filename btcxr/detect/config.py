@@ -8,12 +8,13 @@ cosine to 1e-4, 50 epochs of batch 32, best epoch by validation AP50.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from btcxr.backbones import ARCHS
+from btcxr.engine.runtime import AMP_MODES
 
 SIZES_HINT = (224, 640, 1024)  # the settings we document; any size >= 64 works
 NORMS = ("auto", "frozen", "bn")
-AMPS = ("bf16", "fp16", "none")
 
 
 @dataclass
@@ -96,26 +97,35 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda
-    amp: str = "bf16"  # mixed precision on CUDA: bf16, fp16 (with a gradient scaler) or none; CPU runs fp32
     hflip: float = 0.5  # horizontal flip probability
     eval_every: int = 1  # epochs between validation AP50 evaluations (the last epoch is always evaluated)
-    log_every: int = 20  # iterations between train log lines
-    tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        if self.amp not in AMPS:
-            raise ValueError(f"train.amp must be one of {', '.join(AMPS)}, got {self.amp!r}")
         if not 0 <= self.hflip <= 1:
             raise ValueError(f"train.hflip must be in [0, 1], got {self.hflip}")
-        if self.eval_every < 1 or self.log_every < 1:
-            raise ValueError("train.eval_every and train.log_every must be at least 1")
+        if self.eval_every < 1:
+            raise ValueError("train.eval_every must be at least 1")
 
 
 @dataclass
 class FinetuneConfig:
+    # The five run settings every training command has, in the same place (engine vocabulary).
+    seed: int = 0
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:1
+    amp: str = "bf16"  # mixed precision on CUDA: bf16, fp16 (with a gradient scaler) or none; CPU runs fp32
+    log_every: int = 20  # iterations between train metrics rows
+    tensorboard: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    # Keys of older versions -> (where they live now, value conversion).
+    MOVED: ClassVar[dict] = {f"train.{key}": (key, None)
+                             for key in ("seed", "device", "amp", "log_every", "tensorboard")}
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be at least 1, got {self.log_every}")

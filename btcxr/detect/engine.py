@@ -7,11 +7,9 @@ ratio of the longest sides (btcxr.detect.transforms.to_original_frame).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +18,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from btcxr.data.classes import NO_FINDING_ID
-from btcxr.detect.predictions import BOX_COLUMNS, PREDICTION_COLUMNS, check_predictions
+from btcxr.detect.predictions import PREDICTION_COLUMNS, check_predictions
 from btcxr.detect.transforms import to_original_frame
 from btcxr.engine.distributed import DistEnv, mean_over_ranks
+from btcxr.engine.run import RunDir
 from btcxr.engine.runlog import MetricsLog
-from btcxr.errors import BtcxrError
+from btcxr.engine.runtime import autocast
+from btcxr.engine.schedule import warmup_cosine
 from btcxr.logs import progress_disabled
 
 log = logging.getLogger(__name__)
@@ -33,29 +32,10 @@ log = logging.getLogger(__name__)
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> CUDA when present, else the CPU; "cuda" without a GPU is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BtcxrError(f"--device {device}: no CUDA GPU is available here (use --device cpu or auto)")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise BtcxrError(f"--device {device!r} is not a device name (auto, cpu, cuda, cuda:1)") from exc
-
-
 def collate(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
     """Detection batches stay lists: images differ in size (the model pads them)."""
     images, targets = zip(*batch)
     return list(images), list(targets)
-
-
-def amp_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Autocast on CUDA for amp 'bf16' / 'fp16'; the CPU always runs float32."""
-    if device.type != "cuda" or amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def model_targets(images: Sequence[torch.Tensor], targets: Sequence[dict], device: torch.device) -> list[dict]:
@@ -74,7 +54,7 @@ def model_targets(images: Sequence[torch.Tensor], targets: Sequence[dict], devic
 
 
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable,
-                    lr_values: np.ndarray, step: int, *, env: DistEnv, amp: str = "none",
+                    lr_values: np.ndarray, step: int, *, run: RunDir, amp: str = "none",
                     scaler: torch.amp.GradScaler | None = None, clip_grad: float | None = None,
                     metrics: MetricsLog | None = None, log_every: int = 20, epoch: int = 0,
                     max_steps: int | None = None) -> tuple[int, dict[str, float]]:
@@ -84,6 +64,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
     `max_steps` cuts the epoch short (benchmarks).
     """
     model.train()
+    env = run.env
     device = env.device
     sums = dict.fromkeys(("loss", *LOSS_KEYS), 0.0)
     n_iter, n_images = 0, 0
@@ -98,13 +79,11 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
             group["lr"] = lr
         images = [img.to(device, non_blocking=True) for img in images]
         tgts = model_targets(images, targets, device)
-        with amp_context(device, amp):
+        with autocast(device, amp):
             loss_dict = model(images, tgts)
         loss = sum(loss_dict.values())
-        if not torch.isfinite(loss):
-            raise BtcxrError(f"training loss is {loss.item()} at step {step} (epoch {epoch + 1}): "
-                             f"{ {k: round(float(v.detach()), 4) for k, v in loss_dict.items()} }; lower optim.lr, "
-                             "use train.amp=none or check the boxes of the cache")
+        run.check_finite(loss, step, epoch, f"Loss terms: { {k: round(float(v.detach()), 4) for k, v in loss_dict.items()} }; "
+                         "lower optim.lr, use amp=none or check the boxes of the cache.")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
             scaler.scale(loss).backward()
@@ -149,7 +128,7 @@ def predict_batch(model: torch.nn.Module, images: Sequence[torch.Tensor], orig_s
     {"boxes" (n, 4) in ORIGINAL pixels, "scores", "class_id" (0..13)} as numpy arrays."""
     model.eval()
     images = [img.to(device, non_blocking=True) for img in images]
-    with amp_context(device, amp):
+    with autocast(device, amp):
         outputs = model(images)
     results = []
     for image, out, orig in zip(images, outputs, orig_sizes):
@@ -207,63 +186,4 @@ def predict_loader(model: torch.nn.Module, loader: Iterable, env: DistEnv, amp: 
 
 def lr_for_steps(lr: float, total_steps: int, warmup_iters: int, warmup_factor: float, final_lr: float) -> np.ndarray:
     """The paper's schedule per iteration: linear warm-up from lr * warmup_factor, then cosine to final_lr."""
-    from btcxr.engine.schedule import warmup_cosine
-
     return warmup_cosine(lr, total_steps, warmup_iters, final_lr, warmup_start=lr * warmup_factor)
-
-
-def ground_truth(dataset: Any) -> pd.DataFrame:
-    """GT of a VindrDetection dataset in ORIGINAL pixels (annotations.csv rows of its images): finding
-    boxes, and one class-14 row for every image without any, so every image of the dataset is listed."""
-    from btcxr.data.cache_format import read_annotations
-    from btcxr.detect.evaluate_files import GT_COLUMNS
-
-    ann = read_annotations(dataset.cache)
-    ids = pd.Index(dataset.image_ids)
-    ann = ann[ann["image_id"].isin(ids)]
-    boxes = ann[(ann["class_id"] != NO_FINDING_ID) & ann[BOX_COLUMNS].notna().all(axis=1)]
-    negatives = ids.difference(pd.Index(boxes["image_id"].unique()))
-    rows = pd.DataFrame({"image_id": negatives.to_numpy(dtype=object), "class_id": NO_FINDING_ID,
-                         **{c: np.nan for c in BOX_COLUMNS}})
-    parts = [f for f in (boxes[GT_COLUMNS], rows) if len(f)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=GT_COLUMNS)
-
-
-def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, split: str, out_dir: str | Path, *,
-                        device: str = "auto", batch_size: int = 8, workers: int = 2,
-                        include_negatives: bool | None = None, bootstrap: int = 1000, seed: int = 0,
-                        predictions_path: str | Path | None = None, amp: str = "none") -> dict:
-    """Score a fine-tuned detector on a part of a VinDr cache (`btcxr evaluate --checkpoint`).
-
-    Predicts every image of the part at the detector's size setting, maps the boxes to original pixels,
-    writes them to `predictions_path` (default OUT/predictions.csv) and scores them against the cache's
-    annotations.csv with btcxr.detect.evaluate_files.evaluate_predictions (OUT/metrics.json, per_class.csv,
-    per_class.md, pr_curves.png). `include_negatives` None: as the run was validated (its
-    data.eval_negatives). Returns the metrics dict.
-    """
-    from torch.utils.data import DataLoader
-
-    from btcxr.data.datasets import VindrDetection
-    from btcxr.detect.evaluate_files import evaluate_predictions
-    from btcxr.detect.model import load_detector
-    from btcxr.detect.predictions import write_predictions
-    from btcxr.detect.transforms import eval_transform
-    from btcxr.engine.distributed import DistEnv
-
-    dev = resolve_device(device)
-    model, meta = load_detector(checkpoint, dev)
-    if include_negatives is None:
-        include_negatives = bool(meta.get("config", {}).get("data", {}).get("eval_negatives", False))
-    dataset = VindrDetection(cache, split, include_negatives=include_negatives,
-                             transform=eval_transform(int(meta["detector"]["size"])))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
-                        pin_memory=dev.type == "cuda")
-    pred, _ = predict_loader(model, loader, DistEnv(device=dev), amp if dev.type == "cuda" else "none",
-                             desc=f"predict {split}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_predictions(pred, predictions_path or out / "predictions.csv")
-    sources = {"checkpoint": str(checkpoint), "cache": str(cache), "split": split,
-               "include_negatives": include_negatives, "epoch": meta.get("epoch"),
-               "detector_size": int(meta["detector"]["size"])}
-    return evaluate_predictions(pred, ground_truth(dataset), out, bootstrap=bootstrap, seed=seed, sources=sources)

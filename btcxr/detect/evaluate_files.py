@@ -9,7 +9,6 @@ the readers' boxes are then fused with btcxr.data.fusion.fuse_readers).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -29,6 +28,7 @@ from btcxr.detect.predictions import (
     csv_header,
     read_predictions,
 )
+from btcxr.engine.io import ensure_dir, save_figure, write_csv, write_json, write_text
 from btcxr.errors import BtcxrError
 
 log = logging.getLogger(__name__)
@@ -128,12 +128,10 @@ def evaluate_predictions(pred_df: pd.DataFrame, gt_df: pd.DataFrame, out_dir: st
                     "is the ground truth limited to the images that were predicted (e.g. the test split)?",
                     unseen, metrics["counts"]["images"])
     metrics["sources"] = sources
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_json_ready(metrics), indent=2, allow_nan=False) + "\n",
-                                      encoding="utf-8")
-    result.per_class.to_csv(out / "per_class.csv", index=False, lineterminator="\n")
-    (out / "per_class.md").write_text(per_class_markdown(result), encoding="utf-8")
+    out = ensure_dir(out_dir, "--out")
+    write_json(out / "metrics.json", _json_ready(metrics), allow_nan=False)
+    write_csv(out / "per_class.csv", result.per_class)
+    write_text(out / "per_class.md", per_class_markdown(result))
     if plots:
         plot_pr_curves(result, out / "pr_curves.png")
     ci = metrics.get("map50_ci")
@@ -221,7 +219,7 @@ def plot_pr_curves(result: DetectionEvaluation, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return path
 
 

@@ -29,17 +29,19 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from btcxr.data.images import read_image, resize_longest
-from btcxr.detect.engine import predict_batch, predictions_frame, resolve_device
+from btcxr.detect.engine import predict_batch, predictions_frame
 from btcxr.detect.model import load_detector
 from btcxr.detect.predictions import CLASS_NAMES, add_no_finding, write_predictions, write_submission
-from btcxr.errors import BtcxrError
+from btcxr.engine.io import atomic_output, ensure_dir, write_csv, write_error
+from btcxr.engine.runtime import resolve_device
+from btcxr.errors import ON_ERROR as ON_ERROR  # the words of --on-error, kept importable from here
+from btcxr.errors import BtcxrError, check_on_error
 from btcxr.logs import progress_disabled
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 OVERLAY_SIZE = 1024  # longest side of overlay pictures (smaller originals keep their size)
-ON_ERROR = ("raise", "skip")
 
 
 @dataclass
@@ -111,21 +113,21 @@ def _collate(batch):
 def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
                   score_thr: float = 0.05, batch_size: int = 8, device: str = "auto", workers: int = 2,
                   submission: bool = False, overlays: bool = True, overlay_thr: float = 0.3,
-                  on_error: str = "raise") -> PredictReport:
-    """Detect findings in every input image and write the outputs listed in the module docstring."""
-    if on_error not in ON_ERROR:
-        raise BtcxrError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+                  on_error: str = "stop") -> PredictReport:
+    """Detect findings in every input image and write the outputs listed in the module docstring.
+
+    on_error: one of btcxr.errors.ON_ERROR (stop | skip); "raise" is a deprecated spelling of stop."""
+    on_error = check_on_error(on_error, "on_error")
     if not 0 <= score_thr <= 1 or batch_size < 1:
         raise BtcxrError("--score-thr must be in [0, 1] and --batch-size at least 1")
+    out = ensure_dir(out_dir, "--out")
+    if overlays:
+        ensure_dir(out / "overlays", "overlay folder")
     files, ids = find_images(inputs)
     dev = resolve_device(device)
     model, meta = load_detector(checkpoint, dev)
     model.roi_heads.score_thresh = score_thr
     size = int(meta["detector"]["size"])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if overlays:
-        (out / "overlays").mkdir(exist_ok=True)
     log.info("predicting %d image(s) at %d px with %s on %s", len(files), size, checkpoint, dev)
 
     loader = DataLoader(_Radiographs(files, size, overlays), batch_size=batch_size, shuffle=False,
@@ -138,7 +140,7 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir:
         good = [k for k, m in enumerate(metas) if "error" not in m]
         for m in metas:
             if "error" in m:
-                if on_error == "raise":
+                if on_error == "stop":
                     raise BtcxrError(f"{m['error']} (pass --on-error skip to skip unreadable files)")
                 errors.append((str(files[m["index"]]), m["error"]))
                 log.warning("skipped: %s", m["error"])
@@ -155,20 +157,25 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir:
                              out / "overlays" / f"{image_id}.png")
 
     pred = predictions_frame(done_ids, results)
-    write_predictions(pred, out / "predictions.csv")
+    try:  # detect.predictions writes with pandas: a full disk is an OSError there
+        write_predictions(pred, out / "predictions.csv")
+    except OSError as exc:
+        raise write_error(out / "predictions.csv", exc) from exc
     index = {i: k for k, i in enumerate(ids)}
-    pd.DataFrame({
+    write_csv(out / "images.csv", pd.DataFrame({
         "image_id": done_ids,
         "file": [str(files[index[i]]) for i in done_ids],
         "orig_width": [s[1] for s in sizes],
         "orig_height": [s[0] for s in sizes],
         "boxes": [len(r["scores"]) for r in results],
-    }).to_csv(out / "images.csv", index=False, lineterminator="\n")
+    }))
     if submission:
-        write_submission(add_no_finding(pred, "1-max", done_ids), out / "submission.csv", done_ids)
+        try:
+            write_submission(add_no_finding(pred, "1-max", done_ids), out / "submission.csv", done_ids)
+        except OSError as exc:
+            raise write_error(out / "submission.csv", exc) from exc
     if errors:
-        pd.DataFrame(errors, columns=["file", "reason"]).to_csv(out / "errors.csv", index=False,
-                                                                lineterminator="\n")
+        write_csv(out / "errors.csv", pd.DataFrame(errors, columns=["file", "reason"]))
         log.warning("skipped %d unreadable file(s) of %d; see %s", len(errors), len(files), out / "errors.csv")
     log.info("%d image(s), %d box(es) with score >= %g: wrote %s", len(done_ids), len(pred), score_thr,
              out / "predictions.csv")
@@ -204,5 +211,6 @@ def draw_overlay(display: np.ndarray, result: dict[str, np.ndarray], orig_size: 
         tb = draw.textbbox((x0 + line, ty), label, font=font)
         draw.rectangle(tb, fill=colour)
         draw.text((x0 + line, ty), label, fill=(0, 0, 0), font=font)
-    canvas.save(path)
+    with atomic_output(path) as handle:
+        canvas.save(handle, format="PNG")
     return path

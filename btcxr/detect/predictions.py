@@ -22,6 +22,7 @@ import pandas as pd
 
 from btcxr.data.classes import NO_FINDING, NO_FINDING_ID, VINDR_CLASSES
 from btcxr.data.csvcheck import fail, first_bad, read_table, require_text, to_number
+from btcxr.engine.io import write_csv
 from btcxr.errors import BtcxrError
 
 log = logging.getLogger(__name__)
@@ -250,8 +251,7 @@ def write_submission(pred: pd.DataFrame, path: str | Path, image_ids: Iterable[s
     if missing:
         raise BtcxrError(f"{len(missing)} image(s) with predictions are not in the image list, e.g. {sorted(missing)[0]}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=SUBMISSION_COLUMNS).to_csv(path, index=False, lineterminator="\n")
+    write_csv(path, pd.DataFrame(rows, columns=SUBMISSION_COLUMNS))
     return path
 
 
@@ -259,6 +259,5 @@ def write_predictions(pred: pd.DataFrame, path: str | Path) -> Path:
     """Write our predictions.csv (PREDICTION_COLUMNS), floats in their exact shortest form."""
     pred = check_predictions(pred, "predictions to write")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pred[PREDICTION_COLUMNS].to_csv(path, index=False, lineterminator="\n")  # floats as repr: exact
+    write_csv(path, pred[PREDICTION_COLUMNS])  # floats as repr: exact
     return path

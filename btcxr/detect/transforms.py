@@ -32,13 +32,6 @@ class Compose:
         return image, target
 
 
-class ToFloat:
-    """uint8 / uint16 pixels -> float32 in [0, 1] (float input passes unchanged)."""
-
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        return to_float(image), target
-
-
 class ResizeLongest:
     """Resize so the longest side is `size` px, keeping the aspect ratio; boxes scale by size / longest.
 
@@ -107,7 +100,3 @@ def to_original_frame(boxes: torch.Tensor, input_hw: Sequence[int], orig_hw: Seq
     """Boxes in the pixels of an (h, w) model input -> pixels of the (H, W) original image."""
     return boxes * (max(float(orig_hw[0]), float(orig_hw[1])) / max(float(input_hw[0]), float(input_hw[1])))
 
-
-def to_input_frame(boxes: torch.Tensor, input_hw: Sequence[int], orig_hw: Sequence[int]) -> torch.Tensor:
-    """Inverse of `to_original_frame`: original pixels -> pixels of the (h, w) model input."""
-    return boxes * (max(float(input_hw[0]), float(input_hw[1])) / max(float(orig_hw[0]), float(orig_hw[1])))

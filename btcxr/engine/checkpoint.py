@@ -1,33 +1,22 @@
-"""Atomic checkpoints, read back without executing code (weights_only=True)."""
+"""Atomic checkpoints, read back without executing code (weights_only=True), and the RNG states they hold."""
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from btcxr.engine.io import atomic_output
 from btcxr.errors import BtcxrError
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write `state` to a temporary file beside `path`, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, "wb") as handle:
+        torch.save(state, handle)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -36,23 +25,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise BtcxrError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, foreign object types
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise BtcxrError(f"checkpoint {path} cannot be read as a weights-only PyTorch file: {reason}") from exc
+    if not isinstance(state, dict):
+        raise BtcxrError(f"checkpoint {path} holds a {type(state).__name__}, not a dict of tensors")
+    return state
 
 
 def rng_state() -> dict[str, Any]:
     """RNG states of python, numpy and torch (CPU and CUDA), storable with weights_only loading."""
+    version, py_state, gauss = random.getstate()
     np_state = np.random.get_state()
     state = {
-        "python": list(random.getstate()[1]) + [random.getstate()[2] if random.getstate()[2] is not None else -1],
-        "python_version": random.getstate()[0],
+        "python": list(py_state) + [gauss if gauss is not None else -1],
+        "python_version": version,
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -66,7 +59,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          npst["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved = state["cuda"]
+        # A run resumed on fewer or more GPUs per process restores the devices both have.
+        for index in range(min(len(saved), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(saved[index], index)
 
 
 def library_versions() -> dict[str, str]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from btcxr.engine.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -30,28 +34,33 @@ def init_distributed(device: str = "auto") -> DistEnv:
 
     Without those variables this is a single process. `device`: "auto" (CUDA when present), "cpu" or "cuda".
     """
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+@contextlib.contextmanager
+def distributed_session(device: str = "auto") -> Iterator[DistEnv]:
+    """`init_distributed` for the length of a command; the group is torn down only by the code that made
+    it (a caller that set up its own group, e.g. a test, keeps it)."""
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    env = init_distributed(device)
+    try:
+        yield env
+    finally:
+        if owns_group and env.distributed and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
-
-
-def cleanup(env: DistEnv) -> None:
-    if env.distributed and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def mean_over_ranks(value: float, env: DistEnv) -> float:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure  # no pyplot: no global figure state, no GU
 from torchvision.ops import box_iou
 
 from btcxr.data.classes import VINDR_CLASSES
+from btcxr.engine.io import save_figure
 from btcxr.explain.base import Explanation
 
 HEAT_CMAP = "jet"
@@ -196,6 +197,5 @@ def grid_figure(image: np.ndarray, explanations: Sequence[Explanation], labels: 
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
+    save_figure(fig, path, bbox_inches="tight")
     return path

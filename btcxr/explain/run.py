@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from btcxr.data.classes import NO_FINDING, VINDR_CLASSES
+from btcxr.engine.io import ensure_dir, write_csv, write_json, write_text
 from btcxr.errors import BtcxrError
 from btcxr.explain.base import DEFAULT_LAYER, DetectorCAM, Explanation
 from btcxr.explain.figures import box_figure, grid_figure
@@ -174,9 +175,8 @@ class _Session:
     def finish(self, settings: dict[str, Any], scored: bool, n_boot: int, seed: int) -> dict[str, Any]:
         """Write boxes.csv, skipped.csv and, when `scored` (ground truth known), localisation.json/.md."""
         boxes = pd.DataFrame(self.rows, columns=BOX_COLUMNS)
-        boxes.to_csv(self.out / "boxes.csv", index=False, lineterminator="\n")
-        pd.DataFrame(self.skipped, columns=SKIP_COLUMNS).to_csv(self.out / "skipped.csv", index=False,
-                                                               lineterminator="\n")
+        write_csv(self.out / "boxes.csv", boxes)
+        write_csv(self.out / "skipped.csv", pd.DataFrame(self.skipped, columns=SKIP_COLUMNS))
         summary: dict[str, Any] = settings | {"images": self.images, "boxes": len(boxes),
                                              "skipped": len(self.skipped), "grids": self.grids}
         if scored:
@@ -188,7 +188,7 @@ class _Session:
             header = (f"Localisation of {settings['method']} heatmaps at {settings['layer']}: "
                       f"{self.images} image(s), true positives at IoU >= 0.5; pointing game tolerance "
                       f"{self.tolerance:g} px; 95 % bootstrap intervals over images.\n\n")
-            (self.out / "localisation.md").write_text(header + markdown_table(summary["models"]), encoding="utf-8")
+            write_text(self.out / "localisation.md", header + markdown_table(summary["models"]))
             log.info("localisation: %s", self.out / "localisation.md")
         log.info("%d image(s), %d box(es) explained, %d skip(s): %s", self.images, len(boxes),
                  len(self.skipped), self.out)
@@ -196,8 +196,6 @@ class _Session:
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    import json
-
     def clean(value):
         if isinstance(value, float) and not np.isfinite(value):
             return None
@@ -207,9 +205,7 @@ def _write_json(obj: Any, path: Path) -> None:
             return [clean(v) for v in value]
         return value
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean(obj), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, clean(obj))
 
 
 def _to_display(e: Explanation, image: torch.Tensor, display_hw: tuple[int, int]) -> Explanation:
@@ -229,7 +225,7 @@ def _to_display(e: Explanation, image: torch.Tensor, display_hw: tuple[int, int]
 
 def _setup(checkpoints, labels, method, layer, score_thr, top_k, ratio, batch_size, device, out_dir
            ) -> tuple[list[Detector], list[DetectorCAM], Path]:
-    from btcxr.detect.engine import resolve_device
+    from btcxr.engine.runtime import resolve_device
 
     if not 0 <= score_thr <= 1:
         raise BtcxrError(f"--score-thr must be in [0, 1], got {score_thr}")
@@ -242,8 +238,7 @@ def _setup(checkpoints, labels, method, layer, score_thr, top_k, ratio, batch_si
         # Boxes below the detector's own output threshold would never reach us.
         d.model.roi_heads.score_thresh = min(float(d.model.roi_heads.score_thresh), score_thr)
         cams.append(build_cam(method, d.model, layer, ratio=ratio, batch_size=batch_size))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out_dir)
     log.info("explaining with %s at %s on %s: %s", method, cams[0].layer.name, dev,
              ", ".join(f"{d.label} ({d.path})" for d in detectors))
     return detectors, cams, out

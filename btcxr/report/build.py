@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from btcxr.data.classes import NIH_LABELS, VINDR_CLASSES
+from btcxr.engine.io import ensure_dir, write_bytes, write_text
 from btcxr.errors import BtcxrError
 from btcxr.report import html as H
 from btcxr.report.figures import (
@@ -79,7 +79,7 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
     """
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(fig_dir, "report folder")
     for stale in fig_dir.glob("*.png"):   # a rebuilt report must not show figures of an earlier build
         stale.unlink()
     notes = list(notes)
@@ -113,7 +113,7 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
 
     md = [f"# {TITLE}", "", page.subtitle, ""]
     md += [f"> **Note:** {n}" + "\n" for n in notes]
-    (out_dir / "results.md").write_text("\n".join(md + rep.md), encoding="utf-8")
+    write_text(out_dir / "results.md", "\n".join(md + rep.md))
     index = page.write(out_dir / "index.html")
     log.info("report written: %s", index)
     return index
@@ -406,7 +406,7 @@ def _cam_section(rep, cam_grids, fig_dir) -> None:
             missing.append(str(src))
             continue
         dest = fig_dir / f"cam_{k:02d}_{src.name}"
-        shutil.copyfile(src, dest)
+        write_bytes(dest, src.read_bytes())
         parts.append(H.figure(f"figures/{dest.name}", f"Ablation-CAM heatmaps, {src.stem}: the radiologists' boxes "
                               "with the heatmaps of each model side by side."))
     if missing:

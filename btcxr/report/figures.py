@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from btcxr.engine.io import save_figure
 from btcxr.report.stats import mean_ci
 from btcxr.report.tables import fmt_fraction
 
@@ -31,8 +32,7 @@ def init_colours(order: Sequence[str]) -> dict[str, str]:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    save_figure(fig, path, dpi=DPI, bbox_inches="tight")
     return path
 
 

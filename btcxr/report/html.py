@@ -10,6 +10,8 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from btcxr.engine.io import write_text
+
 CSS = """
 :root { --ink: #1d2329; --muted: #5b6670; --line: #d9dee3; --accent: #24527a; --zebra: #f6f8fa; }
 * { box-sizing: border-box; }
@@ -133,8 +135,5 @@ class Page:
         return "\n".join(out) + "\n"
 
     def write(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.render(), encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, self.render())
         return path

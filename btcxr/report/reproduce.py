@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from btcxr.config import config_to_dict, load_config, save_config
+from btcxr.engine.io import ensure_dir, remove_temp_files, write_csv, write_json
 from btcxr.errors import BtcxrError
 from btcxr.report.experiment import (
     DetectionRun,
@@ -41,8 +42,8 @@ DONE = "done.json"
 @contextlib.contextmanager
 def _stage_lock(out: Path, name: str):
     """One shard at a time through a shared stage (flock works on local disks and most network ones)."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / f".{name}.lock", "w") as handle:
+    ensure_dir(out, "experiment folder")
+    with open(out / f".{name}.lock", "a") as handle:  # the lock file itself holds nothing
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -56,9 +57,7 @@ def _is_done(run_dir: Path, key: str) -> bool:
 
 
 def _mark_done(run_dir: Path, key: str, **info: Any) -> None:
-    tmp = run_dir / f".{DONE}.tmp"
-    tmp.write_text(json.dumps({"fingerprint": key, **info}, indent=2, default=str) + "\n")
-    tmp.replace(run_dir / DONE)
+    write_json(run_dir / DONE, {"fingerprint": key, **info}, default=str)
 
 
 def _start_run(run_dir: Path, key: str) -> bool:
@@ -76,8 +75,8 @@ def _start_run(run_dir: Path, key: str) -> bool:
                 stale = run_dir.with_name(f"{run_dir.name}.stale-{previous or 'unknown'}-{n}")
             log.warning("%s holds a run with other settings: moved to %s, starting afresh", run_dir, stale.name)
             run_dir.rename(stale)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    started.write_text(json.dumps({"fingerprint": key}) + "\n")
+    ensure_dir(run_dir, "run folder")
+    write_json(started, {"fingerprint": key}, indent=None)
     return (run_dir / "last.pt").exists()
 
 
@@ -266,12 +265,18 @@ def detection_runs(ctx: Context) -> list[DetectionRun]:
 def detection_config(ctx: Context, run: DetectionRun):
     from btcxr.detect.config import FinetuneConfig
 
-    init, weights = init_spec(ctx, run.init)
-    overrides = [*ctx.exp.finetune.overrides, f"data.cache={ctx.vindr_cache}", f"data.fraction={run.fraction}",
-                 f"train.seed={run.seed}", f"model.size={run.size}", f"model.init={init}"]
+    overrides = [*ctx.exp.finetune.overrides, *_run_overrides(ctx, run.init, run.fraction, run.seed),
+                 f"data.cache={ctx.vindr_cache}", f"model.size={run.size}"]
+    return load_config(FinetuneConfig, ctx.config(ctx.exp.finetune.config), overrides)
+
+
+def _run_overrides(ctx: Context, init: str, fraction: float, seed: int) -> list[str]:
+    """What a fine-tuning and a probe run of the grid set alike (one config vocabulary for both)."""
+    model_init, weights = init_spec(ctx, init)
+    overrides = [f"data.fraction={fraction}", f"seed={seed}", f"model.init={model_init}"]
     if weights:
         overrides.append(f"model.weights_file={weights}")
-    return load_config(FinetuneConfig, ctx.config(ctx.exp.finetune.config), overrides)
+    return overrides
 
 
 def run_detection(ctx: Context, run: DetectionRun) -> None:
@@ -301,30 +306,24 @@ def probe_runs(ctx: Context) -> list[tuple[str, float, int]]:
 def run_probe(ctx: Context, init: str, fraction: float, seed: int) -> None:
     from btcxr.classify.train import probe
 
-    cfg, backbone, weights = probe_config(ctx, init, fraction, seed)
+    cfg = probe_config(ctx, init, fraction, seed)
     run_dir = ctx.out / "runs" / _probe_id(init, fraction, seed)
-    key = _probe_key(ctx, init, cfg, backbone, weights)
+    key = _run_key(ctx, init, config_to_dict(cfg))
     ctx.configs.setdefault("probe", run_dir / "config.yaml")
     if _is_done(run_dir, key):
         return
     log.info("%s: NIH probe", run_dir.name)
-    probe(cfg, backbone, run_dir, init_weights=weights, resume=_start_run(run_dir, key))
+    probe(cfg, run_dir, resume=_start_run(run_dir, key))
     _mark_done(run_dir, key)
 
 
 def probe_config(ctx: Context, init: str, fraction: float, seed: int):
-    """(probe config, backbone, ImageNet weights file) of one probe run of the grid."""
+    """The probe config of one probe run of the grid."""
     from btcxr.classify.config import ProbeConfig
 
-    overrides = [*ctx.exp.probe.overrides, f"data.cache={ctx.nih_cache}", f"data.fraction={fraction}",
-                 f"seed={seed}", f"probe.mode={ctx.exp.probe.mode}"]
-    cfg = load_config(ProbeConfig, ctx.config(ctx.exp.probe.config), overrides)
-    backbone, weights = init_spec(ctx, init)
-    return cfg, backbone, weights
-
-
-def _probe_key(ctx: Context, init: str, cfg, backbone: str, weights: str | None) -> str:
-    return _run_key(ctx, init, {"config": config_to_dict(cfg), "backbone": backbone, "weights": weights})
+    overrides = [*ctx.exp.probe.overrides, *_run_overrides(ctx, init, fraction, seed),
+                 f"data.cache={ctx.nih_cache}", f"probe.mode={ctx.exp.probe.mode}"]
+    return load_config(ProbeConfig, ctx.config(ctx.exp.probe.config), overrides)
 
 
 def _probe_id(init: str, fraction: float, seed: int) -> str:
@@ -356,7 +355,7 @@ def collect_results(ctx: Context) -> pd.DataFrame:
     for init, fraction, seed in probe_runs(ctx):
         run_dir = ctx.out / "runs" / _probe_id(init, fraction, seed)
         results_path = run_dir / "results.json"
-        key = _probe_key(ctx, init, *probe_config(ctx, init, fraction, seed))
+        key = _run_key(ctx, init, config_to_dict(probe_config(ctx, init, fraction, seed)))
         if not _is_done(run_dir, key) or not results_path.exists():
             continue
         r = json.loads(results_path.read_text())
@@ -398,7 +397,7 @@ def run_localisation(ctx: Context, results: pd.DataFrame) -> tuple[dict | None, 
                        "ratio": loc.ratio, "score_thr": loc.score_thr, "max_images": loc.max_images,
                        "grids": ctx.exp.cam_examples})
     if not _is_done(out, key):
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out, "localisation folder")
         explain_split(list(checkpoints.values()), ctx.vindr_cache, "test", out, labels=list(checkpoints),
                       layer=loc.layer, ratio=loc.ratio, score_thr=loc.score_thr, max_images=loc.max_images,
                       grid_images=ctx.exp.cam_examples)
@@ -413,15 +412,19 @@ def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
               shard_index: int = 0, shard_count: int = 1, workers: int | None = None) -> Path | None:
     """Run this shard's share of the experiment; the shard that finds the grid complete writes the report.
 
+    results.csv and the report are written under the report lock, from what the shard finds on disk once it
+    holds the lock: shards finishing together take turns, and the last one to write saw every run finished
+    before it (its own and those marked done by the shards before it), so the file is never a stale view.
     Returns the report's index.html, or None while runs of other shards are still missing.
     """
     from btcxr.engine.checkpoint import library_versions
     from btcxr.report.build import build_report
 
+    shard([], shard_index, shard_count)   # a bad shard is refused before any stage starts
     exp_path = Path(exp_path)
     exp = load_experiment(exp_path, overrides)
     out = Path(out) if out else Path("runs") / "experiments" / exp.name
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, "experiment folder")
     save_config(exp, out / "experiment.yaml")
     ctx = Context(exp, exp_path, out)
 
@@ -434,15 +437,16 @@ def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     for init, fraction, seed in shard(probe_runs(ctx), shard_index, shard_count):
         run_probe(ctx, init, fraction, seed)
 
-    results = collect_results(ctx)
     expected = len(detection_runs(ctx)) + len(probe_runs(ctx))
-    _write_csv(results, out / "results.csv")
-    if len(results) < expected:
-        log.warning("%d of %d runs finished; the report is written once the other shards are done (rerun "
-                    "this command with any shard index then)", len(results), expected)
-        return None
-
     with _stage_lock(out, "report"):
+        # Only writers of results.csv hold this lock: a temporary file of it now is a killed writer's.
+        remove_temp_files(out, "results.csv")
+        results = collect_results(ctx)
+        write_csv(out / "results.csv", results)
+        if len(results) < expected:
+            log.warning("%d of %d runs finished; the report is written once the other shards are done (rerun "
+                        "this command with any shard index then)", len(results), expected)
+            return None
         localisation, grids = run_localisation(ctx, results)
         index = build_report(out / "report", results, baseline=ctx.baseline, localisation=localisation,
                              cam_grids=grids, configs={k: v for k, v in ctx.configs.items() if v.exists()},
@@ -450,8 +454,3 @@ def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     log.info("report: %s", index)
     return index
 
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)

@@ -7,11 +7,12 @@ setting changes or what a reader should see at a glance.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from btcxr.backbones import ARCHS
+from btcxr.engine.runtime import AMP_MODES
 from btcxr.errors import BtcxrError
 
-AMP_MODES = ("bf16", "fp16", "none")
 POLICIES = ("paper", "radiograph")
 
 
@@ -95,35 +96,36 @@ class DataConfig:
 
 @dataclass
 class PretrainConfig:
-    name: str = "pretrain"
+    # The five run settings every training command has, in the same place (engine vocabulary).
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:1
+    amp: str = "bf16"  # bf16 | fp16 | none (CUDA only; the loss itself is always fp32)
+    log_every: int = 10  # steps between metrics rows
+    tensorboard: bool = True
+    name: str = "pretrain"
     epochs: int = 800
     batch_size: int = 768  # global: split evenly over the ranks
     lambd: float = 0.0051  # weight of the off-diagonal terms
-    amp: str = "bf16"  # bf16 | fp16 | none (CUDA only; the loss itself is always fp32)
     channels_last: bool = True
     compile: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    log_every_steps: int = 10
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
     corr_every_steps: int = 1000  # cross-correlation heatmap PNG; 0: only at the end
     collapse_std_threshold: float = 0.05  # warn when the normalised embedding spread drops below this
-    tensorboard: bool = True
+
+    # Keys of older versions -> (where they live now, value conversion).
+    MOVED: ClassVar[dict] = {"log_every_steps": ("log_every", None)}
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.epochs <= 0 or self.batch_size <= 0:
             raise ValueError("epochs and batch_size must be positive")
-
-
-# Settings that may change between a run and its resume without changing what is computed.
-RESUME_FREE_KEYS = ("data.num_workers", "data.pin_memory", "data.persistent_workers", "data.prefetch_factor",
-                    "log_every_steps", "tensorboard", "compile", "model.weights_file", "data.cache")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be at least 1, got {self.log_every}")
 
 
 def check_world(cfg: PretrainConfig, world_size: int) -> int:

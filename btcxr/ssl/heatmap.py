@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from btcxr.engine.io import save_figure
+
 
 def save_corr_heatmap(c: torch.Tensor, path: str | Path, step: int, max_dims: int = 256) -> Path:
     """Plot the top-left `max_dims` x `max_dims` block of c (colours -1..1) to a PNG (matplotlib Agg)."""
@@ -24,6 +26,8 @@ def save_corr_heatmap(c: torch.Tensor, path: str | Path, step: int, max_dims: in
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
     return path

@@ -32,6 +32,7 @@ from btcxr.data.synthetic.vindr import (
     write_kaggle,
     write_physionet,
 )
+from btcxr.engine.io import ensure_dir
 from btcxr.errors import BtcxrError
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ def generate(
             raise BtcxrError(f"{name} {frac}: expected a number in [0, 1)")
     wanted = list(LAYOUTS) if layout == "all" else [layout]
     roots = {name: (out / name if layout == "all" else out) for name in wanted}
+    ensure_dir(out, "--out")  # a file in the way or no permission: told before any image is drawn
+    for root in roots.values():
+        ensure_dir(root, "output folder")
     summary: dict = {"out": str(out), "seed": seed, "n": n, "size": size, "layouts": {}}
     thumbs = []
     if "nih" in wanted:

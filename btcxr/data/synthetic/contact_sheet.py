@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from btcxr.data.synthetic.render import Box
+from btcxr.engine.io import atomic_output
 
 # one colour per VinDr class id (tab20-like), so the same finding looks the same on every sheet
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -51,6 +52,6 @@ def write_contact_sheet(path: Path, thumbs: list[Thumbnail], columns: int = 4, c
             colour = _COLOURS[class_id % len(_COLOURS)]
             draw.rectangle((px + x0, py + y0, px + x1 - 1, py + y1 - 1), outline=colour, width=2)
             draw.text((px + x0 + 2, py + max(y0 - 11, 0)), label, fill=colour, font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    with atomic_output(path) as handle:
+        sheet.save(handle, format="PNG")
     return path

@@ -104,14 +104,6 @@ def window(style: DicomStyle) -> tuple[float, float]:
     return (x_low + x_high) / 2.0 + 0.5, x_high - x_low + 1.0
 
 
-def decode_reference(stored: np.ndarray, style: DicomStyle) -> np.ndarray:
-    """The display chain written out (modality LUT, linear window, MONOCHROME1 inversion) -> [0, 1]."""
-    x = stored.astype(np.float64) * style.slope + style.intercept
-    c, w = window(style)
-    y = np.clip((x - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0)
-    return 1.0 - y if style.photometric == "MONOCHROME1" else y
-
-
 def _uid(seed: int, image_id: str, what: str) -> str:
     return generate_uid(entropy_srcs=["btcxr-synth", str(seed), image_id, what])
 

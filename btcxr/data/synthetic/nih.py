@@ -10,6 +10,7 @@ the real set has too.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from btcxr.data.classes import NIH_LABELS, NIH_NO_FINDING
 from btcxr.data.synthetic.contact_sheet import Thumbnail, thumbnail
 from btcxr.data.synthetic.plan import NihImage
 from btcxr.data.synthetic.render import Box, Finding, render_case
+from btcxr.engine.io import atomic_output, write_text
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,8 @@ def render_nih(job: NihJob) -> NihResult:
                        view=p.view, sex=p.sex, render_max=job.render_max,
                        patient_seed=np.random.SeedSequence(job.seed, spawn_key=(1, 2, p.patient_id)))
     path = Path(job.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    png_image(case.image, p.png_mode).save(path, format="PNG", compress_level=1)
+    with atomic_output(path) as handle:
+        png_image(case.image, p.png_mode).save(handle, format="PNG", compress_level=1)
     thumb = None
     if job.want_thumbnail:
         thumb = thumbnail(case.image, f"{p.file_name} {p.view} {p.png_mode}",
@@ -121,10 +123,11 @@ def labels_and_boxes(plans: list[NihImage], results: list[NihResult], seed: int
 
 
 def _write(path: Path, header: list[str], rows: list[list], trailing_comma: bool = False) -> Path:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f, lineterminator=",\n" if trailing_comma else "\n")
-        w.writerow(header)
-        w.writerows(rows)
+    f = io.StringIO(newline="")
+    w = csv.writer(f, lineterminator=",\n" if trailing_comma else "\n")
+    w.writerow(header)
+    w.writerows(rows)
+    write_text(path, f.getvalue())
     return path
 
 
@@ -153,14 +156,15 @@ def write_tables(root: Path, plans: list[NihImage], results: list[NihResult], se
     }
     for name, split in (("train_val_list.txt", "train_val"), ("test_list.txt", "test")):
         files = sorted(p.file_name for p in plans if p.split == split)
-        (root / name).write_text("".join(f"{f}\n" for f in files))
+        write_text(root / name, "".join(f"{f}\n" for f in files))
         written[name] = root / name
     return written
 
 
 def _write_bbox(path: Path, rows: list[list[str]]) -> Path:
     """Header with three trailing empty names, rows with the six fields only: as in the real file."""
-    with path.open("w", newline="") as f:
-        f.write(",".join(BBOX_HEADER) + "\n")
-        csv.writer(f, lineterminator="\n").writerows(rows)
+    f = io.StringIO(newline="")
+    f.write(",".join(BBOX_HEADER) + "\n")
+    csv.writer(f, lineterminator="\n").writerows(rows)
+    write_text(path, f.getvalue())
     return path

@@ -8,6 +8,7 @@ from one rendering when both are asked for. Boxes are in the DICOM's own pixels.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from btcxr.data.synthetic.dicom import build_dataset, dicom_bytes
 from btcxr.data.synthetic.plan import VindrImage
 from btcxr.data.synthetic.readers import READER_BY_ID, Annotation, consensus, read
 from btcxr.data.synthetic.render import Box, Finding, render_case
+from btcxr.engine.io import write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,7 @@ def render_vindr(job: VindrJob) -> VindrResult:
                        view="PA", sex=p.sex, render_max=job.render_max)
     data = dicom_bytes(build_dataset(case.image, p.style, p.tags, p.image_id, job.seed, p.pixel_spacing))
     for root in job.roots:
-        path = Path(root) / p.split / f"{p.image_id}.dicom"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        write_bytes(Path(root) / p.split / f"{p.image_id}.dicom", data)
     thumb = None
     if job.want_thumbnail:
         title = f"{p.image_id[:8]} {p.split} {p.style.photometric[-1]} {p.style.bits_stored}b {p.style.transfer_syntax}"
@@ -112,11 +112,11 @@ def global_labels(rows: list[Annotation], findings: list[Finding]) -> dict[str, 
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
+    f = io.StringIO(newline="")
+    w = csv.writer(f, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    write_text(path, f.getvalue())
     return path
 
 
