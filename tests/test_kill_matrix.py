@@ -152,3 +152,44 @@ def test_a_finished_run_rerun_changes_nothing(stages, references, tmp_path):
     _check_same(run, references["probe"], files)
     assert json.loads((run / "results.json").read_text())["test"] == \
         json.loads((references["probe"] / "results.json").read_text())["test"]
+
+
+# ------------------------------------------------------------------------------------------- reproduce
+EXPERIMENT = ["reproduce", "--config", "configs/experiments/demo.yaml", "--workers", "1",
+              "data.synthetic={n_vindr: 48, n_nih: 40, size: 96, seed: 0, normal_fraction: 0.2}",
+              "data.cache_size=64", "data.pretrain_size=32", "sizes=[64]", "pretrain.overrides=[epochs=2]",
+              "finetune.overrides=[optim.epochs=2]", "probe.overrides=[optim.epochs=1]",
+              "localisation.max_images=1", "localisation.ratio=0.05", "localisation.score_thr=0.0",
+              "cam_examples=1"]
+
+
+def _results(out: Path):
+    import pandas as pd
+
+    return pd.read_csv(out / "results.csv").drop(columns=["run_dir"]).sort_values("run_id", ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def reproduce_reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("experiment") / "exp"
+    result = _run([*EXPERIMENT, "--out", str(out)], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("where", ["pretrain", "runs/det_random_s64_f1_seed0"])
+def test_reproduce_killed_part_way_and_rerun_gives_the_same_results_and_report(where, reproduce_reference,
+                                                                             tmp_path):
+    out = tmp_path / "exp"
+    _kill_when([*EXPERIMENT, "--out", str(out)], out / where / "metrics.jsonl", 1, timeout=600)
+    result = _run([*EXPERIMENT, "--out", str(out)], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(_results(out), _results(reproduce_reference), check_exact=True)
+    report, reference = ((o / "report" / "results.md").read_text().replace(str(o), "OUT")
+                         for o in (out, reproduce_reference))
+    assert report == reference  # every number of the report
+    _same_tensors(load_checkpoint(out / "pretrain" / "backbone.pth"),
+                  load_checkpoint(reproduce_reference / "pretrain" / "backbone.pth"), "backbone.pth")
+    assert not list(out.glob("runs/*.stale-*"))  # a resumed run is not mistaken for one with other settings

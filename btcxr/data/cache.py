@@ -4,7 +4,7 @@ The cache (see btcxr.data.cache_format) holds single-channel PNGs whose longest 
 manifest with each image's split, labels, original size and scale, and for VinDr the fused boxes
 (annotations.csv, original frame) and COCO files (cache frame).
 
-Work is spread over a process pool (imap_unordered, so memory stays flat in the number of images); the
+Work is spread over a process pool (a few chunks in flight, so memory stays flat in the number of images); the
 main process journals every finished image, so a killed run, rerun with the same command, decodes only
 what is left. Every file reaches its final name by os.replace from a temporary file in the same folder.
 """

@@ -286,8 +286,8 @@ def _check_rows(path: str | Path, df: pd.DataFrame, what: str, on_duplicate: str
     problem = (f"{total} row(s) repeat an earlier row exactly{whole}, e.g. line {line} repeats {first}; a "
                "repeated reader row changes the fused boxes and their scores")
     if on_duplicate == "stop":
-        raise BtcxrError(f"{path}: {problem}. Remove the repeats, or pass --on-error skip to drop them "
-                         "(they are then listed in errors.csv)")
+        raise BtcxrError(f"{path}: {problem}. Remove the repeats (`btcxr prepare --on-error skip` drops them "
+                         "and lists them in errors.csv)")
     log.warning("%s: dropped %d repeated row(s) (e.g. line %d repeats %s)", path, total, line, first)
     if dropped is not None:
         for k in lines:
