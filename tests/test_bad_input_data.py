@@ -133,14 +133,19 @@ def test_base_dicoms_are_valid(tmp_path):
         assert radiograph.pixels.shape == (ROWS, COLS) and radiograph.pixels.max() > 0
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("element", ELEMENTS)
-def test_damaged_dicom_element_is_a_read_error_or_sane(tmp_path, element, kind):
+def _damaged_dicom(element: str, kind: str, path: Path) -> Path:
+    """A valid DICOM with one element set to a damaged value of the given kind."""
     ds = _base_dataset()
     vr, value = _bad_element(element, kind)
     tag = Tag(element)
     ds[tag] = DataElement(tag, vr, value)
-    path = _write(ds, tmp_path / "bad.dcm")
+    return _write(ds, path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("element", ELEMENTS)
+def test_damaged_dicom_element_is_a_read_error_or_sane(tmp_path, element, kind):
+    path = _damaged_dicom(element, kind, tmp_path / "bad.dcm")
     assert_sane_or_read_error(path)
 
 
@@ -148,11 +153,7 @@ def test_damaged_dicom_element_is_a_read_error_or_sane(tmp_path, element, kind):
                                           if (e, k) != ("NumberOfFrames", "empty")])  # empty: one frame
 def test_damaged_size_element_is_named(tmp_path, element, kind):
     """The size elements can never give a sane image when damaged: the error names file and element."""
-    ds = _base_dataset()
-    vr, value = _bad_element(element, kind)
-    tag = Tag(element)
-    ds[tag] = DataElement(tag, vr, value)
-    path = _write(ds, tmp_path / "bad.dcm")
+    path = _damaged_dicom(element, kind, tmp_path / "bad.dcm")
     with pytest.raises(ImageReadError, match=rf"bad\.dcm.*{element}"):
         read_image(path)
 

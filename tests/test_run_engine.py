@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fixtures_dist import free_port, join_gloo
 from test_finetune import tiny_config, write_square_cache
 
 from btcxr.classify.config import ProbeConfig
@@ -225,17 +224,8 @@ def test_device_and_autocast():
 
 
 # ------------------------------------------------------------------------------------------ two ranks
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _finetune_worker(rank: int, world: int, port: int, cache: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     try:
         import btcxr.detect.train as train
 
@@ -264,7 +254,7 @@ def _finetune_worker(rank: int, world: int, port: int, cache: str, out: str) -> 
 
 def test_two_rank_finetune_resumes_bit_identical_with_every_ranks_rng(tmp_path):
     cache = write_square_cache(tmp_path / "c", {"train": 8, "val": 2}, n_neg=0)
-    mp.spawn(_finetune_worker, args=(2, _free_port(), str(cache), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_finetune_worker, args=(2, free_port(), str(cache), str(tmp_path)), nprocs=2, join=True)
     straight, resumed = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert straight["epoch"] == resumed["epoch"] == 3
     assert len(resumed["rng"]) == 2 and not torch.equal(resumed["rng"][0]["torch"], resumed["rng"][1]["torch"])

@@ -4,14 +4,13 @@ pre-training run end to end."""
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fixtures_dist import free_port, join_gloo
 from test_pretrain import make_unlabeled_cache, tiny
 
 from btcxr.backbones import build_resnet
@@ -24,12 +23,6 @@ from btcxr.ssl.train import pretrain
 
 B = 4  # images per rank
 RUN = ["epochs=1", "batch_size=8", "model.projector=[32,16]", "checkpoint_every_steps=0"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model() -> BarlowTwins:
@@ -54,10 +47,7 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, port: int, out: str, cache: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     try:
         x1, x2 = _views()
         part = slice(rank * B, (rank + 1) * B)
@@ -88,7 +78,7 @@ def _worker(rank: int, world: int, port: int, out: str, cache: str) -> None:
 
 def test_two_ranks_equal_one_process_with_the_double_batch(tmp_path):
     cache = make_unlabeled_cache(tmp_path / "cache", n=20, size=32)  # 17 train images: 2 steps of 8
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), str(cache)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), str(cache)), nprocs=2, join=True)
     dist_results = torch.load(tmp_path / "dist.pt", weights_only=True)
 
     # one process, batch 2B, plain BatchNorm

@@ -17,7 +17,6 @@ so far. Only the main rank writes files; `save` and `check_finite` are collectiv
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -126,7 +125,7 @@ class RunDir:
         self.metrics = MetricsLog(self.path, tensorboard=getattr(self.cfg, "tensorboard", True))
         return self.metrics
 
-    def save(self, *, step: int, epoch: int, path: Path | None = None, **items: Any) -> None:
+    def save(self, *, step: int, epoch: int, **items: Any) -> None:
         """Checkpoint (collective under torchrun: every rank's RNG state is gathered). `items`: objects with a
         state_dict (model, optimizer, scheduler, scaler) and plain values, stored under their names."""
         rngs = [rng_state()]
@@ -138,9 +137,8 @@ class RunDir:
             state |= {"kind": self.kind, "step": int(step), "epoch": int(epoch), "rng": rngs,
                       "config": config_to_dict(self.cfg), "versions": library_versions(),
                       "metrics_rows": self.metrics.rows if self.metrics is not None else 0}
-            save_checkpoint(path or self.checkpoint, state)
-        if path is None:
-            self.saved_step = int(step)
+            save_checkpoint(self.checkpoint, state)
+        self.saved_step = int(step)
         barrier(self.env)
 
     def check_finite(self, loss: torch.Tensor | float, step: int, epoch: int, hint: str = "") -> None:
@@ -172,8 +170,6 @@ def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if dataclasses.is_dataclass(v):
-            v = dataclasses.asdict(v)
         if isinstance(v, dict):
             out.update(flatten(v, f"{prefix}{k}."))
         else:
