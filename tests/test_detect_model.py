@@ -191,3 +191,16 @@ def test_boxes_are_decoded_in_float32_under_bf16_autocast():
     # coordinates between 256 and 512 are not all on the 2-px bf16 grid
     big = boxes[(boxes >= 256) & (boxes < 512)]
     assert len(big) > 0 and bool(((big / 2) != (big / 2).round()).any())
+
+
+def test_pretraining_and_finetuning_normalise_a_gray_image_the_same_way():
+    """The transfer path: a cache image reaches the pre-training backbone (ssl.views.model_input, from uint8)
+    and the detector's body (its transform, from the dataset's float in [0, 1]) as the same tensor."""
+    from btcxr.data.datasets import to_unit_float
+    from btcxr.ssl.views import model_input
+
+    gray = torch.randint(0, 256, (1, 1, 64, 32), dtype=torch.uint8)
+    pretrain_input = model_input(gray)
+    model = build_detector(ModelConfig(arch="resnet18", init="random", size=64)).eval()
+    batch, _ = model.transform([to_unit_float(gray[0])])
+    assert torch.allclose(batch.tensors[0, :, :, :32], pretrain_input[0], atol=1e-6)

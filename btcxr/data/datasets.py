@@ -125,6 +125,27 @@ class UnlabeledImages(_CacheDataset):
         return self.transform(image) if self.transform is not None else image
 
 
+class LabelledImages(UnlabeledImages):
+    """The pre-training images of an NIH cache with their labels, for supervised pre-training (the
+    benchmark's positive control). Item: (image, target float32 (15,)) in classes.NIH_LABELS order."""
+
+    def __init__(self, cache: str | Path, splits: Sequence[str] | None = None) -> None:
+        from btcxr.data.nih import labels_multihot
+
+        _check_dataset(Path(cache), "nih", "supervised pre-training")
+        super().__init__(cache, splits)
+        if not self.rows["labels"].fillna("").astype(str).str.strip().ne("").any():
+            raise BtcxrError(f"{Path(cache) / 'manifest.csv'}: every labels field is empty; supervised "
+                             "pre-training needs an NIH cache with image labels (`btcxr prepare nih`)")
+        try:
+            self.targets = labels_multihot(self.rows["labels"])
+        except BtcxrError as exc:
+            raise BtcxrError(f"{Path(cache) / 'manifest.csv'}: {exc}") from exc
+
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
+        return self.load(index), torch.from_numpy(self.targets[index].copy())
+
+
 class NihClassification(_CacheDataset):
     """NIH ChestX-ray14 multi-label classification over a cache's part.
 

@@ -14,6 +14,9 @@ from btcxr.engine.runtime import AMP_MODES
 from btcxr.errors import BtcxrError
 
 POLICIES = ("paper", "radiograph")
+# barlow_twins: the method; supervised: the same backbone trained with the NIH labels of the cache (BCE over
+# the 15 labels), the benchmark's positive control. Both write the same backbone.pth.
+METHODS = ("barlow_twins", "supervised")
 
 
 @dataclass
@@ -103,6 +106,7 @@ class PretrainConfig:
     log_every: int = 10  # steps between metrics rows
     tensorboard: bool = True
     name: str = "pretrain"
+    method: str = "barlow_twins"  # barlow_twins | supervised (projector and lambd unused)
     epochs: int = 800
     batch_size: int = 768  # global: split evenly over the ranks
     lambd: float = 0.0051  # weight of the off-diagonal terms
@@ -126,6 +130,10 @@ class PretrainConfig:
             raise ValueError("epochs and batch_size must be positive")
         if self.log_every < 1:
             raise ValueError(f"log_every must be at least 1, got {self.log_every}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "supervised" and self.views.on_gpu:
+            raise ValueError("method=supervised makes its views on the loader: set views.on_gpu=false")
 
 
 def check_world(cfg: PretrainConfig, world_size: int) -> int:

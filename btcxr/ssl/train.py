@@ -44,6 +44,10 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
     A run directory that already holds last.pt with the same config is resumed (`resume=True` demands it);
     one with another config is refused. Under torchrun every rank calls this with the same arguments."""
     with distributed_session(cfg.device) as env:
+        if cfg.method == "supervised":  # the positive control: the same backbone trained with labels
+            from btcxr.ssl.supervised import pretrain_supervised
+
+            return pretrain_supervised(cfg, Path(out_dir), resume, env, BACKBONE)
         return _pretrain(cfg, Path(out_dir), resume, env)
 
 

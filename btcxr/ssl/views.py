@@ -108,11 +108,25 @@ class TwoViews:
             self.views = tuple(radiograph_view(cfg.size, v, cfg.radiograph) for v in (1, 2))
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.view(image, 0), self.view(image, 1)
+
+    def view(self, image: torch.Tensor, which: int) -> torch.Tensor:
         x = as_uint8(image)
         if self.three_channel:
             x = x.repeat(3, 1, 1)
         # the three channels of a gray image stay equal under the paper's ops: keep one
-        return self.views[0](x)[:1], self.views[1](x)[:1]
+        return self.views[which](x)[:1]
+
+
+class LabelledView:
+    """(image, target) -> (view 1 of the image, target): the input of supervised pre-training."""
+
+    def __init__(self, cfg: ViewsConfig):
+        self.views = TwoViews(cfg)
+
+    def __call__(self, item: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = item
+        return self.views.view(image, 0), target
 
 
 class FixedSize:

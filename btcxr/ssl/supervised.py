@@ -1,0 +1,114 @@
+"""Supervised pre-training: the same backbone trained *with* the NIH labels of the cache (BCE over 15 labels).
+
+The benchmark's positive control: an init that must help detection if the benchmark can see transfer at
+all. It is `btcxr pretrain` with `method: supervised`: the same config, run directory, data order, views
+(the first of the pair), LARS and schedules, checkpoint and backbone.pth as Barlow Twins; only the head
+(one linear layer in place of the projector) and the loss differ. The loop reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from btcxr.backbones import FEATURE_DIM, backbone_state_dict, build_resnet
+from btcxr.data.classes import NIH_LABELS
+from btcxr.data.datasets import LabelledImages
+from btcxr.engine.checkpoint import save_checkpoint
+from btcxr.engine.distributed import DistEnv, barrier, mean_over_ranks
+from btcxr.engine.run import RunDir
+from btcxr.engine.runtime import autocast, grad_scaler, seed_everything
+from btcxr.logs import progress_disabled
+from btcxr.ssl.config import PretrainConfig, check_world
+from btcxr.ssl.data import build_loader
+from btcxr.ssl.lars import LARS, lars_param_groups
+from btcxr.ssl.views import LabelledView, model_input
+
+log = logging.getLogger(__name__)
+KIND = "btcxr-pretrain-supervised"
+
+
+class Classifier(nn.Module):
+    """Backbone + one linear layer over the NIH labels (`head.` keys are not part of backbone.pth)."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, len(NIH_LABELS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv, backbone_name: str) -> Path:
+    from btcxr.ssl.train import lr_schedules
+
+    per_rank = check_world(cfg, env.world_size)
+    run = RunDir(out, cfg, env, kind=KIND, resume=resume)
+    splits = tuple(cfg.data.splits) if cfg.data.splits is not None else None
+    images = LabelledImages(cfg.data.cache, splits=splits)
+    loader = build_loader(cfg, env, LabelledView(cfg.views), per_rank, images=images)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    m = cfg.model
+    init = m.init if not run.resumed else "random"  # a checkpoint overwrites the weights anyway
+    model = Classifier(build_resnet(m.arch, init=init, weights_file=m.weights_file,
+                                    imagenet_weights=m.imagenet_weights), FEATURE_DIM[m.arch]).to(env.device)
+    if env.distributed and env.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    o = cfg.optim
+    optimizer = LARS(lars_param_groups(model), weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
+    scaler = grad_scaler(env.device, cfg.amp)
+    steps_per_epoch = len(loader)
+    lr_w, lr_b = lr_schedules(cfg, steps_per_epoch)
+    step = int(run.restore(model=model, optimizer=optimizer, scaler=scaler)["step"]) if run.resumed else 0
+    fwd: nn.Module = nn.parallel.DistributedDataParallel(model) if env.distributed else model
+    fwd = torch.compile(fwd) if cfg.compile else fwd
+    criterion = nn.BCEWithLogitsLoss()
+    metrics = run.open_metrics()
+    total = cfg.epochs * steps_per_epoch
+    log.info("supervised pre-training %s: %d steps of %d labelled images (%d an epoch), from step %d", cfg.name,
+             total, cfg.batch_size, steps_per_epoch, step)
+    bar = tqdm(total=total, initial=step, unit="step", desc=f"pretrain {cfg.name} (supervised)",
+               disable=progress_disabled() or not env.is_main)
+    model.train()
+    try:
+        for epoch in range(step // steps_per_epoch, cfg.epochs):
+            loader.sampler.set_epoch(epoch, skip=(step - epoch * steps_per_epoch) * per_rank)
+            for x, y in loader:
+                x = model_input(x.to(env.device, non_blocking=True), cfg.channels_last)
+                y = y.to(env.device, non_blocking=True)
+                for group, lr in zip(optimizer.param_groups, (lr_w[step], lr_b[step])):
+                    group["lr"] = float(lr)
+                with autocast(env.device, cfg.amp):
+                    logits = fwd(x)
+                loss = criterion(logits.float(), y)
+                run.check_finite(loss, step, epoch, "Lower optim.lr_weights or check the labels.")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                bar.update()
+                value = mean_over_ranks(loss.item(), env)
+                if metrics is not None and (step % cfg.log_every == 0 or step == total):
+                    metrics.log(step, "train", epoch=epoch + 1, loss=value, lr_weights=lr_w[step - 1],
+                                lr_biases=lr_b[step - 1])
+                end_of_epoch = step % steps_per_epoch == 0
+                if end_of_epoch or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
+                    run.save(step=step, epoch=step // steps_per_epoch, model=model, optimizer=optimizer,
+                             scaler=scaler, steps_per_epoch=steps_per_epoch)
+                    if end_of_epoch and env.is_main:
+                        save_checkpoint(out / backbone_name, backbone_state_dict(model.backbone))
+    finally:
+        bar.close()
+        run.close()
+    if env.is_main:
+        save_checkpoint(out / backbone_name, backbone_state_dict(model.backbone))
+    barrier(env)
+    return out / backbone_name
