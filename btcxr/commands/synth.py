@@ -22,6 +22,9 @@ examples:
   btcxr synth --out nih --layout nih --n 500 --size 256 --nih-kaggle-layout --workers 4
   btcxr synth --out small --layout vindr-physionet --n 50 --prevalence Cardiomegaly=0.8 \\
       --prevalence "Nodule/Mass=0.5"
+  # natural-image-like pictures (dead leaves) for a cross-domain init where ImageNet cannot be loaded
+  btcxr synth --out natural --layout natural --n 2000 --size 128
+  btcxr prepare folder --root natural --out cache/natural --size 64
 """
 
 
@@ -39,8 +42,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("synth", help="write synthetic NIH / VinDr datasets", description=DESCRIPTION,
                                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--layout", default="all", choices=["nih", "vindr-kaggle", "vindr-physionet", "all"],
-                        help="dataset layout; all writes one sub-folder per layout (default: all)")
+    parser.add_argument("--layout", default="all", choices=["nih", "vindr-kaggle", "vindr-physionet", "all", "natural"],
+                        help="dataset layout; all writes one sub-folder per layout (default: all); natural "
+                             "writes dead-leaves pictures (images/*.png) to pre-train a cross-domain init "
+                             "offline, in place of ImageNet")
     parser.add_argument("--n", type=int, default=200, help="images per layout (default: 200)")
     parser.add_argument("--size", type=int, default=512,
                         help="NIH image side; VinDr DICOMs are this x U(0.85, 1.3) tall (default: 512)")
@@ -81,5 +86,5 @@ def run(args: argparse.Namespace) -> int:
     )
     log = logging.getLogger("btcxr.synth")
     for name, info in summary["layouts"].items():
-        log.info("%s: %d images, %d drawn boxes -> %s", name, info["images"], info["boxes"], info["root"])
+        log.info("%s: %d images, %d drawn boxes -> %s", name, info["images"], info.get("boxes", 0), info["root"])
     return 0

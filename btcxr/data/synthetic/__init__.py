@@ -4,7 +4,8 @@
     summary = generate(Path("synth"), "all", n=200, size=512, seed=0)
 
 Layouts: ``nih`` (NIH ChestX-ray14), ``vindr-kaggle`` and ``vindr-physionet`` (VinDr-CXR), or ``all``
-(one sub-folder per layout). Modules: phantom (anatomy), findings (what is drawn where), acquisition
+(one sub-folder per layout); ``natural`` writes dead-leaves pictures instead (natural.py), the offline
+stand-in for ImageNet pre-training. Modules: phantom (anatomy), findings (what is drawn where), acquisition
 (exposure), render (one case), readers (R1..R17), plan (what every image will be), dicom, nih, vindr
 (the files), contact_sheet, parallel.
 """
@@ -72,8 +73,8 @@ def generate(
     The same seed gives byte-identical files whatever `workers` is.
     """
     out = Path(out)
-    if layout not in (*LAYOUTS, "all"):
-        raise BtcxrError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)} or all")
+    if layout not in (*LAYOUTS, "all", "natural"):
+        raise BtcxrError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}, all or natural")
     if n < 1:
         raise BtcxrError(f"--n {n}: expected at least 1 image")
     if size < 32:
@@ -85,6 +86,12 @@ def generate(
     for name, frac in (("test_fraction", test_fraction), ("nih_test_fraction", nih_test_fraction)):
         if not 0.0 <= frac < 1.0:
             raise BtcxrError(f"{name} {frac}: expected a number in [0, 1)")
+    if layout == "natural":
+        from btcxr.data.synthetic.natural import generate_natural
+
+        ensure_dir(out, "--out")
+        return {"out": str(out), "seed": seed, "n": n, "size": size,
+                "layouts": {"natural": generate_natural(out, n, size, seed, workers)}}
     wanted = list(LAYOUTS) if layout == "all" else [layout]
     roots = {name: (out / name if layout == "all" else out) for name in wanted}
     ensure_dir(out, "--out")  # a file in the way or no permission: told before any image is drawn
