@@ -15,17 +15,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from btcxr.backbones import FEATURE_DIM, backbone_state_dict, build_resnet
+from btcxr.backbones import FEATURE_DIM, build_resnet
 from btcxr.data.classes import NIH_LABELS
 from btcxr.data.datasets import LabelledImages
-from btcxr.engine.checkpoint import save_checkpoint
-from btcxr.engine.distributed import DistEnv, barrier, mean_over_ranks
+from btcxr.engine.distributed import DistEnv, mean_over_ranks
 from btcxr.engine.run import RunDir
 from btcxr.engine.runtime import autocast, grad_scaler, seed_everything
 from btcxr.logs import progress_disabled
 from btcxr.ssl.config import PretrainConfig, check_world
 from btcxr.ssl.data import build_loader
 from btcxr.ssl.lars import LARS, lars_param_groups
+from btcxr.ssl.syncbn import convert_sync_batchnorm
 from btcxr.ssl.views import LabelledView, model_input
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv, backbone_name: str) -> Path:
-    from btcxr.ssl.train import lr_schedules
+def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
+    from btcxr.ssl.train import checkpoint_when_due, lr_schedules, save_backbone
 
     per_rank = check_world(cfg, env.world_size)
     run = RunDir(out, cfg, env, kind=KIND, resume=resume)
@@ -57,8 +57,8 @@ def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistE
     init = m.init if not run.resumed else "random"  # a checkpoint overwrites the weights anyway
     model = Classifier(build_resnet(m.arch, init=init, weights_file=m.weights_file,
                                     imagenet_weights=m.imagenet_weights), FEATURE_DIM[m.arch]).to(env.device)
-    if env.distributed and env.device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if env.distributed:
+        model = convert_sync_batchnorm(model, env.device)  # batch statistics over the global batch
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     o = cfg.optim
@@ -99,16 +99,8 @@ def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistE
                 if metrics is not None and (step % cfg.log_every == 0 or step == total):
                     metrics.log(step, "train", epoch=epoch + 1, loss=value, lr_weights=lr_w[step - 1],
                                 lr_biases=lr_b[step - 1])
-                end_of_epoch = step % steps_per_epoch == 0
-                if end_of_epoch or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
-                    run.save(step=step, epoch=step // steps_per_epoch, model=model, optimizer=optimizer,
-                             scaler=scaler, steps_per_epoch=steps_per_epoch)
-                    if end_of_epoch and env.is_main:
-                        save_checkpoint(out / backbone_name, backbone_state_dict(model.backbone))
+                checkpoint_when_due(run, cfg, step, steps_per_epoch, model, optimizer, scaler)
     finally:
         bar.close()
         run.close()
-    if env.is_main:
-        save_checkpoint(out / backbone_name, backbone_state_dict(model.backbone))
-    barrier(env)
-    return out / backbone_name
+    return save_backbone(run, model.backbone)

@@ -47,7 +47,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
         if cfg.method == "supervised":  # the positive control: the same backbone trained with labels
             from btcxr.ssl.supervised import pretrain_supervised
 
-            return pretrain_supervised(cfg, Path(out_dir), resume, env, BACKBONE)
+            return pretrain_supervised(cfg, Path(out_dir), resume, env)
         return _pretrain(cfg, Path(out_dir), resume, env)
 
 
@@ -101,18 +101,29 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Pat
                 scaler.update()
                 step += 1
                 monitor.after_step(step, epoch, emb, terms, terms.loss.item(), optimizer)
-                end_of_epoch = step % steps_per_epoch == 0
-                if end_of_epoch or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
-                    run.save(step=step, epoch=step // steps_per_epoch, model=model, optimizer=optimizer,
-                             scaler=scaler, steps_per_epoch=steps_per_epoch)
-                    if end_of_epoch and env.is_main:
-                        save_checkpoint(out / BACKBONE, backbone_state_dict(model.backbone))
+                checkpoint_when_due(run, cfg, step, steps_per_epoch, model, optimizer, scaler)
     finally:
         monitor.close()
-    if env.is_main:
-        save_checkpoint(out / BACKBONE, backbone_state_dict(model.backbone))
-    barrier(env)
-    return out / BACKBONE
+    return save_backbone(run, model.backbone)
+
+
+def checkpoint_when_due(run: RunDir, cfg: PretrainConfig, step: int, steps_per_epoch: int, model: nn.Module,
+                        optimizer: LARS, scaler: torch.amp.GradScaler) -> None:
+    """last.pt at the end of every epoch and every `checkpoint_every_steps`; backbone.pth every epoch."""
+    end_of_epoch = step % steps_per_epoch == 0
+    if end_of_epoch or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
+        run.save(step=step, epoch=step // steps_per_epoch, model=model, optimizer=optimizer, scaler=scaler,
+                 steps_per_epoch=steps_per_epoch)
+        if end_of_epoch:
+            save_backbone(run, model.backbone)
+
+
+def save_backbone(run: RunDir, backbone: nn.Module) -> Path:
+    """RUN/backbone.pth (torchvision ResNet keys without fc), written by the main rank."""
+    if run.env.is_main:
+        save_checkpoint(run.path / BACKBONE, backbone_state_dict(backbone))
+    barrier(run.env)
+    return run.path / BACKBONE
 
 
 class _Monitor:
