@@ -210,9 +210,12 @@ def summary_sentences(summary: pd.DataFrame, group: list[str], baseline: str, ca
                 up += sig and diff > 0
                 down += sig and diff < 0
                 interval = fmt_interval(c["diff_vs_baseline"], c["diff_ci_lo"], c["diff_ci_hi"], signed=True)
+                power = ("" if math.isnan(c.get("mde", math.nan)) else
+                         f" With this seed-to-seed spread the test detects a true difference of "
+                         f"±{fmt_num(c['mde'])} or more with power 0.8.")
                 details.append(f"{head}; paired difference over {int(c['n_pairs'])} seeds {interval}, t-test "
                                f"p = {fmt_p(c['p_value'])}: {'significant' if sig else 'not significant'} at "
-                               f"{SIGNIFICANCE:g}.")
+                               f"{SIGNIFICANCE:g}.{power}")
             elif c["n_pairs"] >= 2:
                 tested += 1
                 details.append(f"{head}; the paired differences over {int(c['n_pairs'])} seeds are all "

@@ -35,6 +35,30 @@ class PairedDiff:
     diff: Interval      # mean difference (init - baseline) with its t-interval
     p_value: float      # two-sided paired t-test over seeds (NaN with fewer than 2 pairs)
     n_pairs: int
+    sd: float = math.nan   # standard deviation of the paired differences (ddof 1)
+    mde: float = math.nan  # the smallest true difference this test detects (alpha 0.05, power 0.8)
+
+
+def minimum_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test over `n` pairs detects with probability
+    `power` at level `alpha`, when the paired differences have standard deviation `sd`: the benchmark's
+    power. Exact, from the noncentral t distribution (not the normal approximation, which is far off for the
+    few seeds an experiment has). NaN below 2 pairs or without spread."""
+    if n < 2 or not math.isfinite(sd) or sd <= 0:
+        return math.nan
+    from scipy.optimize import brentq
+
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(nc: float) -> float:
+        lower = stats.nct.cdf(-crit, df, nc)  # the far tail: tiny, and NaN where scipy underflows
+        return stats.nct.sf(crit, df, nc) + (lower if math.isfinite(lower) else 0.0) - power
+
+    high = 1.0
+    while shortfall(high) < 0:
+        high *= 2
+    return float(brentq(shortfall, 0.0, high, xtol=1e-10)) * sd / math.sqrt(n)
 
 
 def paired_difference(results: pd.DataFrame, metric: str, init: str, baseline: str,
@@ -54,7 +78,9 @@ def paired_difference(results: pd.DataFrame, metric: str, init: str, baseline: s
         p = 0.0
     else:
         p = float(stats.ttest_rel(da, db).pvalue)
-    return PairedDiff(diff=diff, p_value=p, n_pairs=int(da.size))
+    sd = float(np.std(d, ddof=1)) if d.size >= 2 else math.nan
+    return PairedDiff(diff=diff, p_value=p, n_pairs=int(da.size), sd=sd,
+                      mde=minimum_detectable_difference(sd, int(da.size)))
 
 
 def summarise(results: pd.DataFrame, metric: str, group: list[str], baseline: str | None = "imagenet"
@@ -70,6 +96,6 @@ def summarise(results: pd.DataFrame, metric: str, group: list[str], baseline: st
             if baseline is not None and init != baseline and (part["init"] == baseline).any():
                 d = paired_difference(part, metric, init, baseline)
                 row |= {"diff_vs_baseline": d.diff.mean, "diff_ci_lo": d.diff.lo, "diff_ci_hi": d.diff.hi,
-                        "p_value": d.p_value, "n_pairs": d.n_pairs}
+                        "p_value": d.p_value, "n_pairs": d.n_pairs, "mde": d.mde}
             rows.append(row)
     return pd.DataFrame(rows)

@@ -131,7 +131,8 @@ def seed_summary(runs: pd.DataFrame, metric: str, group: list[str], baseline: st
     Where a group has a single run and the run has a within-run bootstrap interval (`<metric>_ci_lo/hi`),
     that interval is carried in `boot_lo/boot_hi` (and `ci_source` says which interval the row shows).
     """
-    cols = ["n", "mean", "ci_lo", "ci_hi", "diff_vs_baseline", "diff_ci_lo", "diff_ci_hi", "p_value", "n_pairs"]
+    cols = ["n", "mean", "ci_lo", "ci_hi", "diff_vs_baseline", "diff_ci_lo", "diff_ci_hi", "p_value", "n_pairs",
+            "mde"]
     runs = runs[runs[metric].notna()] if metric in runs else runs.iloc[0:0]
     if runs.empty:
         return pd.DataFrame(columns=[*group, "init", *cols, "boot_lo", "boot_hi", "ci_source"])
@@ -188,20 +189,27 @@ def comparison_table(summary: pd.DataFrame, group: list[str], metric_label: str,
                      caption: str = "") -> Table:
     """One row per setting x init: seeds, mean [95 % CI], Δ vs baseline [95 % CI], paired p."""
     columns = [GROUP_LABELS.get(g, g) for g in group] + [
-        "Init", "Seeds", f"{metric_label} [95 % CI]", f"Δ vs {baseline} [95 % CI]", "p (paired t)"]
+        "Init", "Seeds", f"{metric_label} [95 % CI]", f"Δ vs {baseline} [95 % CI]", "p (paired t)",
+        "Detectable Δ"]
     rows, starts, previous = [], set(), None
     for _, row in summary.iterrows():
         keys = [GROUP_FORMATS.get(g, str)(row[g]) for g in group]
         if keys != previous:
             starts.add(len(rows))
             previous = keys
-        rows.append([*keys, row["init"], str(int(row["n"])), _mean_cell(row), *_diff_cells(row, baseline)])
+        mde = "" if row["init"] == baseline else (NA if _missing(row.get("mde")) else f"±{fmt_num(row['mde'])}")
+        rows.append([*keys, row["init"], str(int(row["n"])), _mean_cell(row), *_diff_cells(row, baseline),
+                     Cell(mde, title="smallest true difference the paired test detects (alpha 0.05, power 0.8)")])
     footnotes = ["Intervals: Student-t over seeds; Δ and p: paired over seeds (same seed = same split and "
-                 "label subset), bold where p < 0.05. n/a: fewer than 2 paired seeds."]
+                 "label subset), bold where p < 0.05. n/a: fewer than 2 paired seeds.",
+                 "Detectable Δ: the benchmark's power, the smallest true difference a paired t-test over these "
+                 "seeds detects at alpha 0.05 with power 0.8, from the spread of the paired differences "
+                 "(noncentral t). A smaller true effect is likely to be missed."]
     if (summary.get("ci_source") == "bootstrap").any():
         footnotes.append(BOOT_NOTE)
     n = len(group)
-    return Table(columns, rows, caption, footnotes, numeric={n + 1, n + 2, n + 3, n + 4}, group_starts=starts)
+    return Table(columns, rows, caption, footnotes, numeric={n + 1, n + 2, n + 3, n + 4, n + 5},
+                 group_starts=starts)
 
 
 def metrics_table(runs: pd.DataFrame, metrics: dict[str, str], group: list[str], baseline: str,
