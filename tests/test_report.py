@@ -310,3 +310,19 @@ def test_a_missing_value_drops_that_seed_from_the_pairing(tmp_path):
     assert row[6] == fmt_p(stats.ttest_rel(x, base).pvalue)
     assert row[5].startswith(f"{(x - base).mean():+.3f} [")
     assert "(means over 3 and 2 seeds); paired difference over 2 seeds" in index.read_text()
+
+
+def test_summary_answers_the_three_questions_with_random_as_baseline(tmp_path):
+    """With random as the baseline: the method against random, the method against the cross-domain init it
+    starts from, and the positive control against random, each with its own paired test."""
+    results = make_results(tmp_path, probe=False, curves=False)
+    control = results[results["init"] == "btcxr"].copy()
+    control["init"] = "supervised"
+    control["map50"] = control["map50"] + 0.1
+    index = build_report(tmp_path / "report", pd.concat([results, control]), baseline="random")
+    md = (tmp_path / "report" / "results.md").read_text()
+    summary = md[md.index("## Summary"):md.index("## Detection")]
+    assert "btcxr against random." in summary
+    assert "btcxr against imagenet. Does pre-training on radiographs add to the cross-domain init?" in summary
+    assert "supervised against random. The positive control: can this benchmark see transfer?" in summary
+    assert "Detectable Δ" in md and index.exists()

@@ -291,3 +291,65 @@ def test_a_new_backbone_reruns_only_the_runs_that_use_it(finished):
     rp.reproduce(exp_path, out=out)
     assert sorted(name for name, _ in fake.calls) == sorted(
         f"det_btcxr_s96_f{f}_seed{s}" for f in ("0.5", "1") for s in (0, 1))
+
+
+# ------------------------------------------------------------- the paper's arms offline (issue 11)
+class FakePretrain:
+    """Records every pre-training (method, start, cache) and writes a backbone.pth that names it."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __call__(self, cfg, out_dir, resume=False):
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.calls.append({"run": out.name, "method": cfg.method, "init": cfg.model.init, "cache": cfg.data.cache})
+        (out / "backbone.pth").write_text(out.name)
+        return out / "backbone.pth"
+
+
+def test_offline_arms_stand_in_for_imagenet_and_add_the_positive_control(tmp_path, monkeypatch):
+    _no_imagenet(monkeypatch)
+    exp_path = _fake_experiment(
+        tmp_path, inits="{random: random, imagenet: imagenet, btcxr: btcxr, supervised: supervised}",
+        imagenet_fallback="natural", baseline="random", seeds="[0]", fractions="[1.0]",
+        cross_domain="{n: 6, size: 48, cache_size: 32, overrides: [epochs=3]}",
+        supervised="{overrides: [epochs=5]}")
+    text = exp_path.read_text().replace(f"pretrain: {{backbone: {tmp_path / 'backbone.pth'}}}",
+                                        f"pretrain: {{config: {CONFIGS.parent / 'pretrain' / 'demo.yaml'}, "
+                                        "overrides: [model.init=imagenet]}")
+    text = text.replace(f"data: {{vindr_cache: {tmp_path / 'cache'}}}",
+                        f"data: {{vindr_cache: {tmp_path / 'cache'}, nih_cache: {tmp_path / 'nih'}}}")
+    exp_path.write_text(text)
+    pre, fine, inits = FakePretrain(), FakeFinetune(), {}
+
+    def finetune(cfg, out_dir, resume=False):
+        inits[Path(out_dir).name] = cfg.model.init
+        return fine(cfg, out_dir, resume)
+
+    monkeypatch.setattr("btcxr.ssl.train.pretrain", pre)
+    monkeypatch.setattr("btcxr.detect.train.finetune", finetune)
+    out = tmp_path / "out"
+    index = rp.reproduce(exp_path, out=out, workers=1)
+
+    natural = str(out / "pretrain_natural" / "backbone.pth")
+    runs = {c["run"]: c for c in pre.calls}
+    assert set(runs) == {"pretrain_natural", "pretrain", "pretrain_supervised"}
+    assert runs["pretrain_natural"] == {"run": "pretrain_natural", "method": "barlow_twins", "init": "random",
+                                        "cache": str(out / "cache" / "natural")}
+    assert len(list((out / "cache" / "natural" / "images").glob("*.png"))) == 6  # real pictures, prepared
+    # the method and the positive control both start from the stand-in, on the NIH cache
+    assert runs["pretrain"]["init"] == runs["pretrain_supervised"]["init"] == natural
+    assert (runs["pretrain"]["method"], runs["pretrain_supervised"]["method"]) == ("barlow_twins", "supervised")
+    assert runs["pretrain"]["cache"] == runs["pretrain_supervised"]["cache"] == str(tmp_path / "nih")
+
+    assert inits == {"det_random_s96_f1_seed0": "random", "det_imagenet_s96_f1_seed0": natural,
+                     "det_btcxr_s96_f1_seed0": str(out / "pretrain" / "backbone.pth"),
+                     "det_supervised_s96_f1_seed0": str(out / "pretrain_supervised" / "backbone.pth")}
+    html = index.read_text()
+    assert "stand-in" in html and "supervised" in html
+
+    pre.calls.clear()
+    fine.calls.clear()
+    assert rp.reproduce(exp_path, out=out, workers=1) == index  # nothing is redone
+    assert pre.calls == [] and fine.calls == []

@@ -98,7 +98,7 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
     probe_group = _probe_group(probe)
     probe_summary = seed_summary(probe, "mean_auroc", probe_group, baseline, order)
 
-    _summary_section(rep, det_summary, probe_summary, probe_group, baseline, candidate)
+    _summary_section(rep, det, probe, probe_group, order, _comparisons(order, baseline, candidate))
     _detection_section(rep, det, det_summary, baseline, order)
     _label_efficiency_section(rep, det_summary, probe_summary, probe_group, fig_dir, colours)
     _per_class_section(rep, det, fig_dir, order, colours)
@@ -250,18 +250,37 @@ def _setting_words(setting: dict) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _summary_section(rep: _Report, det_summary, probe_summary, probe_group, baseline, candidate) -> None:
+# The positive control: the same backbone pre-trained with labels; if it does not beat the baseline, the
+# benchmark cannot see transfer and says nothing about the method.
+POSITIVE_CONTROL = "supervised"
+CROSS_DOMAIN = "imagenet"
+
+
+def _comparisons(inits: Sequence[str], baseline: str, candidate: str) -> list[tuple[str, str, str]]:
+    """(init, compared with, what the comparison asks) for the summary: the method against the baseline,
+    the method against the cross-domain init it starts from, and the positive control against the baseline."""
+    pairs = [(candidate, baseline, "")]
+    if CROSS_DOMAIN in inits and CROSS_DOMAIN != baseline and candidate != CROSS_DOMAIN:
+        pairs.append((candidate, CROSS_DOMAIN, "Does pre-training on radiographs add to the cross-domain init?"))
+    if POSITIVE_CONTROL in inits and POSITIVE_CONTROL != baseline:
+        pairs.append((POSITIVE_CONTROL, baseline, "The positive control: can this benchmark see transfer?"))
+    return pairs
+
+
+def _summary_section(rep: _Report, det, probe, probe_group, order, comparisons) -> None:
     html_parts, md_parts = [], []
-    for title, (overall, details) in (
-            ("Detection (VinDr-CXR test split).",
-             summary_sentences(det_summary, ["size", "fraction"], baseline, candidate, "test mAP50")),
-            ("NIH classification probe.",
-             summary_sentences(probe_summary, probe_group, baseline, candidate, "test AUROC"))):
-        if not overall:
-            continue
-        html_parts.append(f"<p><strong>{H.esc(title)}</strong> {H.esc(' '.join(overall))}</p>\n")
-        html_parts.append(H.bullets(details))
-        md_parts.append(f"**{title}** " + " ".join(overall) + "\n\n" + "".join(f"- {d}\n" for d in details))
+    for init, base, question in comparisons:
+        for what, runs, group, metric, label in (
+                ("Detection (VinDr-CXR test split)", det, ["size", "fraction"], "map50", "test mAP50"),
+                ("NIH classification probe", probe, probe_group, "mean_auroc", "test AUROC")):
+            summary = seed_summary(runs, metric, group, base, order)
+            overall, details = summary_sentences(summary, group, base, init, label)
+            if not overall or (len(comparisons) > 1 and not (summary["init"] == init).any()):
+                continue
+            title = f"{what}, {init} against {base}." + (f" {question}" if question else "")
+            html_parts.append(f"<p><strong>{H.esc(title)}</strong> {H.esc(' '.join(overall))}</p>\n")
+            html_parts.append(H.bullets(details))
+            md_parts.append(f"**{title}** " + " ".join(overall) + "\n\n" + "".join(f"- {d}\n" for d in details))
     if not html_parts:
         html_parts.append(H.absent("No finished runs: there is nothing to summarise."))
         md_parts.append("No finished runs: there is nothing to summarise.\n")

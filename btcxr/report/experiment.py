@@ -43,6 +43,17 @@ class PretrainSection(StageSection):
 
 
 @dataclass
+class CrossDomainSection(StageSection):
+    """The offline stand-in for ImageNet (imagenet_fallback: natural): Barlow Twins from random init on
+    dead-leaves pictures (`btcxr synth --layout natural`). config: a pretrain YAML ("" = pretrain.config,
+    with pretrain.overrides first, then these overrides)."""
+    n: int = 2000            # pictures generated
+    size: int = 128          # their side
+    cache_size: int = 64     # the cache pre-training reads
+    seed: int = 0
+
+
+@dataclass
 class LocalisationSection:
     enabled: bool = True
     max_images: int = 50
@@ -64,12 +75,19 @@ class Experiment:
     name: str = "experiment"
     data: DataSection = field(default_factory=DataSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
+    # The positive control (init spec "supervised"): pretrain.config and overrides with method=supervised,
+    # then these overrides; it starts where our pre-training starts.
+    supervised: StageSection = field(default_factory=StageSection)
+    cross_domain: CrossDomainSection = field(default_factory=CrossDomainSection)
     finetune: StageSection = field(default_factory=StageSection)
-    # init name -> "imagenet" | "random" | "btcxr" (our pre-training) | a backbone file
+    # init name -> "imagenet" | "random" | "btcxr" (our pre-training) | "supervised" (the same backbone
+    # pre-trained with the NIH labels: the benchmark's positive control) | a backbone file
     inits: dict[str, str] = field(default_factory=lambda: {"imagenet": "imagenet", "btcxr": "btcxr",
                                                            "random": "random"})
     baseline: str = "imagenet"
-    imagenet_fallback: str | None = None     # e.g. "random" when ImageNet weights cannot be loaded
+    # When ImageNet weights cannot be loaded: "random" (drop or replace the ImageNet init), or "natural"
+    # (pre-train the cross-domain stand-in and use it wherever ImageNet weights would be).
+    imagenet_fallback: str | None = None
     imagenet_weights_file: str | None = None
     sizes: list[int] = field(default_factory=lambda: [640])
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])

@@ -81,8 +81,8 @@ def _start_run(run_dir: Path, key: str) -> bool:
 
 
 def _run_key(ctx: Context, init: str, settings: dict) -> str:
-    """Settings of a run plus what it inherits: the data, and our pre-training for the btcxr init."""
-    backbone = ctx.backbone_key if ctx.inits.get(init) == "btcxr" else None
+    """Settings of a run plus what it inherits: the data, and the pre-training behind its init."""
+    backbone = ctx.backbone_keys.get(ctx.inits.get(init, ""))
     return fingerprint({"settings": settings, "data": ctx.data_key, "backbone": backbone})
 
 
@@ -110,9 +110,13 @@ class Context:
         self.baseline = exp.baseline
         self.imagenet_replaced: str | None = None  # the init used instead when ImageNet weights are unavailable
         self.renamed: dict[str, str] = {}  # dropped init name -> the compared init that stands in for it
-        # What runs depend on upstream: the data settings, and the backbone our pre-training produced.
+        self.workers: int | None = None
+        # What runs depend on upstream: the data settings, and the backbone file behind each init spec that
+        # a pre-training of this experiment produced ("btcxr", "supervised", "imagenet" as the stand-in),
+        # with the fingerprint of that pre-training.
         self.data_key = fingerprint(config_to_dict(exp.data))
-        self.backbone_key: str | None = None
+        self.backbones: dict[str, Path] = {}
+        self.backbone_keys: dict[str, str] = {}
 
     def config(self, path: str) -> Path:
         return _resolve(path, self.exp_path.parent)
@@ -126,7 +130,8 @@ def prepare_data(ctx: Context, workers: int | None) -> None:
     vindr_root, nih_root = d.vindr_root, d.nih_root
     if d.synthetic is not None:
         vindr_root, nih_root = _synthesise(ctx, workers)
-    needs_nih = ctx.exp.probe.enabled or ("btcxr" in ctx.inits.values() and not ctx.exp.pretrain.backbone)
+    needs_nih = (ctx.exp.probe.enabled or "supervised" in ctx.inits.values()
+                 or ("btcxr" in ctx.inits.values() and not ctx.exp.pretrain.backbone))
     with _stage_lock(out, "data"):
         if d.vindr_cache:
             ctx.vindr_cache = Path(d.vindr_cache)
@@ -182,6 +187,14 @@ def check_imagenet(ctx: Context, archs: set[str]) -> None:
             raise BtcxrError(f"{exc} (or set imagenet_fallback: random in the experiment file)") from exc
         reason = str(exc).split(" (")[0]
     fallback = ctx.exp.imagenet_fallback
+    if fallback == "natural":
+        ctx.backbones["imagenet"], ctx.backbone_keys["imagenet"] = run_cross_domain(ctx)
+        ctx.notes.append(f"ImageNet weights could not be loaded here ({reason}). 'imagenet' is the offline "
+                         f"stand-in instead: Barlow Twins from random init on {ctx.exp.cross_domain.n} "
+                         "dead-leaves pictures (btcxr synth --layout natural); pre-training on radiographs "
+                         "starts from it, as the paper's starts from ImageNet.")
+        log.warning("%s", ctx.notes[-1])
+        return
     names = [n for n, spec in ctx.inits.items() if spec == "imagenet"]
     if fallback in ctx.inits.values():
         # The fallback init is already compared: ImageNet runs would only repeat it.
@@ -216,42 +229,88 @@ def _archs(ctx: Context) -> set[str]:
             for used, cls, section in stages if used}
 
 
-def run_pretrain(ctx: Context) -> None:
-    if "btcxr" not in ctx.inits.values():
-        return
-    if ctx.exp.pretrain.backbone:
-        ctx.backbone = Path(ctx.exp.pretrain.backbone)
-        if not ctx.backbone.is_file():
-            raise BtcxrError(f"{ctx.exp_path}: pretrain.backbone {ctx.backbone} does not exist")
-        stat = ctx.backbone.stat()
-        ctx.backbone_key = fingerprint({"file": str(ctx.backbone), "bytes": stat.st_size, "mtime": stat.st_mtime})
-        return
+def run_cross_domain(ctx: Context) -> tuple[Path, str]:
+    """The ImageNet stand-in: dead-leaves pictures, their cache, Barlow Twins on them from random init."""
+    from btcxr.data.cache import PrepareSettings, prepare
+    from btcxr.data.synthetic import generate
     from btcxr.ssl.config import PretrainConfig
-    from btcxr.ssl.train import pretrain
 
-    path = ctx.config(ctx.exp.pretrain.config)
-    cfg = load_config(PretrainConfig, path, [*ctx.exp.pretrain.overrides, f"data.cache={ctx.nih_cache}"])
+    cd = ctx.exp.cross_domain
+    root, cache = ctx.out / "data" / "natural", ctx.out / "cache" / "natural"
+    data_key = fingerprint({"n": cd.n, "size": cd.size, "seed": cd.seed, "cache_size": cd.cache_size})
+    with _stage_lock(ctx.out, "natural"):
+        if not _is_done(root, data_key):
+            log.info("synthesising %d dead-leaves pictures into %s", cd.n, root)
+            generate(root, "natural", n=cd.n, size=cd.size, seed=cd.seed, workers=ctx.workers)
+            _mark_done(root, data_key)
+        prepare(PrepareSettings(dataset="folder", root=str(root), out=str(cache), size=cd.cache_size,
+                                workers=ctx.workers))
+    cfg = load_config(PretrainConfig, ctx.config(cd.config or ctx.exp.pretrain.config),
+                      [*ctx.exp.pretrain.overrides, *cd.overrides, f"data.cache={cache}", "model.init=random"])
+    return _pretrain_stage(ctx, "pretrain_natural", cfg, data_key)
+
+
+def run_pretrain(ctx: Context) -> None:
+    """Our pre-training (init spec "btcxr") and the positive control ("supervised"), each when compared."""
+    from btcxr.ssl.config import PretrainConfig
+
+    specs = set(ctx.inits.values())
+    base = ctx.config(ctx.exp.pretrain.config) if ctx.exp.pretrain.config else None
+    if "btcxr" in specs and ctx.exp.pretrain.backbone:
+        path = Path(ctx.exp.pretrain.backbone)
+        if not path.is_file():
+            raise BtcxrError(f"{ctx.exp_path}: pretrain.backbone {path} does not exist")
+        stat = path.stat()
+        ctx.backbones["btcxr"] = path
+        ctx.backbone_keys["btcxr"] = fingerprint({"file": str(path), "bytes": stat.st_size, "mtime": stat.st_mtime})
+    elif "btcxr" in specs:
+        cfg = load_config(PretrainConfig, base, [*ctx.exp.pretrain.overrides, f"data.cache={ctx.nih_cache}"])
+        ctx.configs["pretrain"] = ctx.out / "pretrain" / "config.yaml"
+        ctx.backbones["btcxr"], ctx.backbone_keys["btcxr"] = _pretrain_stage(ctx, "pretrain", _start(ctx, cfg))
+    if "supervised" in specs:
+        section = ctx.exp.supervised
+        cfg = load_config(PretrainConfig, ctx.config(section.config) if section.config else base,
+                          [*ctx.exp.pretrain.overrides, "method=supervised", *section.overrides,
+                           f"data.cache={ctx.nih_cache}"])
+        ctx.configs["pretrain (supervised)"] = ctx.out / "pretrain_supervised" / "config.yaml"
+        ctx.backbones["supervised"], ctx.backbone_keys["supervised"] = _pretrain_stage(
+            ctx, "pretrain_supervised", _start(ctx, cfg))
+
+
+def _start(ctx: Context, cfg):
+    """A pre-training that starts from ImageNet starts from whatever stands in for it here."""
     if cfg.model.init == "imagenet":
-        if ctx.imagenet_replaced:
+        if "imagenet" in ctx.backbones:
+            cfg.model.init = str(ctx.backbones["imagenet"])
+        elif ctx.imagenet_replaced:
             cfg.model.init = ctx.imagenet_replaced
         elif ctx.exp.imagenet_weights_file:
             cfg.model.weights_file = ctx.exp.imagenet_weights_file
-    run_dir = ctx.out / "pretrain"
-    ctx.configs["pretrain"] = run_dir / "config.yaml"
-    key = fingerprint({"config": config_to_dict(cfg), "data": ctx.data_key})
-    ctx.backbone_key = key
-    with _stage_lock(ctx.out, "pretrain"):
+    return cfg
+
+
+def _pretrain_stage(ctx: Context, name: str, cfg, data_key: str | None = None) -> tuple[Path, str]:
+    """Run (or find finished, or resume) one pre-training into OUT/name; (backbone.pth, its fingerprint)."""
+    from btcxr.ssl.train import pretrain
+
+    run_dir = ctx.out / name
+    settings = {"config": config_to_dict(cfg), "data": data_key or ctx.data_key}
+    if "imagenet" in ctx.backbones and cfg.model.init == str(ctx.backbones["imagenet"]):
+        settings["start"] = ctx.backbone_keys["imagenet"]  # a redone stand-in redoes what starts from it
+    key = fingerprint(settings)
+    with _stage_lock(ctx.out, name):
         if not _is_done(run_dir, key):
-            ctx.backbone = pretrain(cfg, run_dir, resume=(run_dir / "last.pt").exists())
-            _mark_done(run_dir, key, backbone=ctx.backbone)
-    ctx.backbone = run_dir / "backbone.pth"
+            log.info("%s: pre-training (%s, from %s)", name, cfg.method, cfg.model.init)
+            pretrain(cfg, run_dir, resume=(run_dir / "last.pt").exists())
+            _mark_done(run_dir, key, backbone=run_dir / "backbone.pth")
+    return run_dir / "backbone.pth", key
 
 
 def init_spec(ctx: Context, name: str) -> tuple[str, str | None]:
     """(model init, ImageNet weights file) of an init name of the experiment."""
     spec = ctx.inits[name]
-    if spec == "btcxr":
-        return str(ctx.backbone), None
+    if spec in ctx.backbones:  # pre-trained in this experiment (ours, the positive control, the stand-in)
+        return str(ctx.backbones[spec]), None
     if spec == "imagenet":
         return "imagenet", ctx.exp.imagenet_weights_file
     return spec, None
@@ -427,6 +486,7 @@ def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     ensure_dir(out, "experiment folder")
     save_config(exp, out / "experiment.yaml")
     ctx = Context(exp, exp_path, out)
+    ctx.workers = workers
 
     prepare_data(ctx, workers)
     check_imagenet(ctx, _archs(ctx))
