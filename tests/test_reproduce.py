@@ -353,3 +353,26 @@ def test_offline_arms_stand_in_for_imagenet_and_add_the_positive_control(tmp_pat
     fine.calls.clear()
     assert rp.reproduce(exp_path, out=out, workers=1) == index  # nothing is redone
     assert pre.calls == [] and fine.calls == []
+
+
+def test_the_fine_tuning_rule_is_a_factor_of_the_grid(tmp_path, monkeypatch):
+    exp_path = _fake_experiment(tmp_path, rules="[paper, all]", all_rule_fractions="[0.5]")
+    fake, settings = FakeFinetune(), {}
+
+    def finetune(cfg, out_dir, resume=False):
+        settings[Path(out_dir).name] = (cfg.model.trainable_layers, cfg.model.norm)
+        return fake(cfg, out_dir, resume)
+
+    monkeypatch.setattr("btcxr.detect.train.finetune", finetune)
+    rp.reproduce(exp_path, out=tmp_path / "out")
+    # the paper's rule everywhere; every layer and batch norm trained for the pre-trained init at 50 %
+    assert settings["det_btcxr_s96_f0.5_seed0_all"] == settings["det_btcxr_s96_f0.5_seed1_all"] == (5, "bn")
+    assert settings["det_btcxr_s96_f0.5_seed0"] == (None, "auto") and len(settings) == 8 + 2
+    assert not any(name.startswith("det_random") and name.endswith("_all") for name in settings)
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    arm = results[results["init"] == "btcxr (all layers)"]
+    assert sorted(arm["seed"]) == [0, 1] and set(arm["fraction"]) == {0.5} and set(arm["rule"]) == {"all"}
+    html = (tmp_path / "out" / "report" / "index.html").read_text()
+    assert "btcxr (all layers)" in html
+    with pytest.raises(BtcxrError, match="rules must list some of paper, all"):
+        load_experiment(exp_path, ["rules=[frozen]"])

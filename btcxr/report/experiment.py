@@ -89,6 +89,12 @@ class Experiment:
     # (pre-train the cross-domain stand-in and use it wherever ImageNet weights would be).
     imagenet_fallback: str | None = None
     imagenet_weights_file: str | None = None
+    # Fine-tuning rules, a factor of the grid: "paper" (stem and layer1 frozen with frozen batch norm for a
+    # pre-trained init, everything trainable for random: torchvision's rule) and "all" (every layer and
+    # batch norm trainable for every init). all_rule_fractions: the fractions the "all" rule runs at
+    # (null: every fraction).
+    rules: list[str] = field(default_factory=lambda: ["paper"])
+    all_rule_fractions: list[float] | None = None
     sizes: list[int] = field(default_factory=lambda: [640])
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -106,7 +112,14 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         raise BtcxrError(f"{path}: seeds, fractions and sizes must each list at least one value")
     if not any(f > 0 for f in exp.fractions) or any(not 0 < f <= 1 for f in exp.fractions):
         raise BtcxrError(f"{path}: fractions must lie in (0, 1], got {exp.fractions}")
+    unknown = [r for r in exp.rules if r not in RULES]
+    if unknown or not exp.rules:
+        raise BtcxrError(f"{path}: rules must list some of {', '.join(RULES)}, got {exp.rules}")
     return exp
+
+
+# Fine-tuning rule -> the finetune overrides that make it ("paper" is the config's own auto rule).
+RULES = {"paper": [], "all": ["model.trainable_layers=5", "model.norm=bn"]}
 
 
 @dataclass(frozen=True)
@@ -115,15 +128,32 @@ class DetectionRun:
     size: int
     fraction: float
     seed: int
+    rule: str = "paper"
 
     @property
     def run_id(self) -> str:
-        return f"det_{self.init}_s{self.size}_f{self.fraction:g}_seed{self.seed}"
+        rule = "" if self.rule == "paper" else f"_{self.rule}"
+        return f"det_{self.init}_s{self.size}_f{self.fraction:g}_seed{self.seed}{rule}"
+
+    @property
+    def label(self) -> str:
+        """How the report names the arm: the init, plus the rule when it is not the paper's."""
+        return self.init if self.rule == "paper" else f"{self.init} ({self.rule} layers)"
 
 
 def detection_grid(exp: Experiment) -> list[DetectionRun]:
-    return [DetectionRun(init, size, fraction, seed)
+    """Every init x size x fraction x seed under the paper's rule, and under the "all" rule where asked
+    (random init is left out there: the paper's rule already trains all of it, with batch norm)."""
+    runs = [DetectionRun(init, size, fraction, seed)
             for size in exp.sizes for fraction in exp.fractions for seed in exp.seeds for init in exp.inits]
+    if "all" in exp.rules:
+        fractions = exp.all_rule_fractions if exp.all_rule_fractions is not None else exp.fractions
+        runs += [DetectionRun(init, size, fraction, seed, "all")
+                 for size in exp.sizes for fraction in fractions for seed in exp.seeds for init in exp.inits
+                 if exp.inits[init] != "random"]
+    if "paper" not in exp.rules:
+        runs = [r for r in runs if r.rule != "paper"]
+    return runs
 
 
 def shard(items: list, index: int, count: int) -> list:

@@ -323,9 +323,10 @@ def detection_runs(ctx: Context) -> list[DetectionRun]:
 
 def detection_config(ctx: Context, run: DetectionRun):
     from btcxr.detect.config import FinetuneConfig
+    from btcxr.report.experiment import RULES
 
     overrides = [*ctx.exp.finetune.overrides, *_run_overrides(ctx, run.init, run.fraction, run.seed),
-                 f"data.cache={ctx.vindr_cache}", f"model.size={run.size}"]
+                 f"data.cache={ctx.vindr_cache}", f"model.size={run.size}", *RULES[run.rule]]
     return load_config(FinetuneConfig, ctx.config(ctx.exp.finetune.config), overrides)
 
 
@@ -404,7 +405,7 @@ def collect_results(ctx: Context) -> pd.DataFrame:
             continue
         m = json.loads(metrics_path.read_text())
         ci = m.get("map50_ci") or [math.nan, math.nan]
-        row = {"run_id": run.run_id, "kind": "detection", "init": run.init, "size": run.size,
+        row = {"run_id": run.run_id, "kind": "detection", "init": run.label, "rule": run.rule, "size": run.size,
                "fraction": run.fraction, "seed": run.seed, "run_dir": str(run_dir), "status": "done",
                "map50": m.get("map50"), "map50_ci_lo": ci[0], "map50_ci_hi": ci[1], "map": m.get("map"),
                "map50_voc": m.get("map50_voc"), "kaggle_map40": m.get("kaggle_map40")}
