@@ -274,3 +274,16 @@ def test_run_from_a_weights_file_with_views_made_on_the_device(cache, tmp_path):
     trained = torch.load(runs[0] / "backbone.pth", weights_only=True)["conv1.weight"]
     assert not torch.equal(trained, reference["conv1.weight"])
     assert torch.allclose(trained, reference["conv1.weight"], rtol=0.05, atol=0.05)  # two small LARS steps
+
+
+def test_intermediate_backbones_at_the_chosen_steps_start_with_the_init(small_cache, tmp_path):
+    out = tmp_path / "run"
+    train_mod.pretrain(tiny(small_cache, *RESUME, "backbone_steps=[0,3,8]"), out)
+    steps = {p.name: load_checkpoint(p) for p in out.glob("backbone_step*.pth")}
+    assert set(steps) == {"backbone_step0.pth", "backbone_step3.pth", "backbone_step8.pth"}
+    torch.manual_seed(0)  # the run's seed: step 0 is the untrained init itself
+    init = build_resnet("resnet18", init="random").state_dict()
+    assert torch.equal(steps["backbone_step0.pth"]["conv1.weight"], init["conv1.weight"])
+    final = load_checkpoint(out / "backbone.pth")
+    assert all(torch.equal(final[k], steps["backbone_step8.pth"][k]) for k in final)  # the last step
+    assert not torch.equal(steps["backbone_step3.pth"]["conv1.weight"], init["conv1.weight"])

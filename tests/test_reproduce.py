@@ -376,3 +376,54 @@ def test_the_fine_tuning_rule_is_a_factor_of_the_grid(tmp_path, monkeypatch):
     assert "btcxr (all layers)" in html
     with pytest.raises(BtcxrError, match="rules must list some of paper, all"):
         load_experiment(exp_path, ["rules=[frozen]"])
+
+
+def test_probe_curve_over_pre_training_steps_between_floor_and_ceiling(tmp_path, monkeypatch):
+    exp_path = _fake_experiment(
+        tmp_path, inits="{random: random, btcxr: btcxr, supervised: supervised}", seeds="[0]", fractions="[1.0]")
+    text = exp_path.read_text().replace(
+        f"pretrain: {{backbone: {tmp_path / 'backbone.pth'}}}",
+        f"pretrain: {{config: {CONFIGS.parent / 'pretrain' / 'demo.yaml'}, overrides: ['backbone_steps=[0,2]']}}")
+    text = text.replace("probe: {enabled: false}",
+                        f"probe: {{enabled: true, config: {CONFIGS.parent / 'probe' / 'demo.yaml'}, "
+                        "fractions: [1.0], curve_fraction: 1.0}")
+    text = text.replace(f"data: {{vindr_cache: {tmp_path / 'cache'}}}",
+                        f"data: {{vindr_cache: {tmp_path / 'cache'}, nih_cache: {tmp_path / 'nih'}}}")
+    exp_path.write_text(text)
+
+    def fake_pretrain(cfg, out_dir, resume=False):
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for step in (*cfg.backbone_steps, "final"):
+            (out / ("backbone.pth" if step == "final" else f"backbone_step{step}.pth")).write_text(f"{step}")
+        return out / "backbone.pth"
+
+    probed = []
+
+    def fake_probe(cfg, out_dir, resume=False):
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        probed.append((out.name, Path(cfg.model.init).name, cfg.probe.mode))
+        step = Path(cfg.model.init).stem.removeprefix("backbone_step")
+        auroc = 0.5 if cfg.model.init == "random" else 0.6 + 0.05 * (int(step) if step.isdigit() else 4)
+        (out / "results.json").write_text(json.dumps({"fraction": cfg.data.fraction, "seed": cfg.seed,
+                                                      "input_size": 64, "mode": cfg.probe.mode,
+                                                      "test": {"mean_auroc": auroc}, "val": {"mean_auroc": auroc}}))
+        return {}
+
+    monkeypatch.setattr("btcxr.ssl.train.pretrain", fake_pretrain)
+    monkeypatch.setattr("btcxr.classify.train.probe", fake_probe)
+    monkeypatch.setattr("btcxr.detect.train.finetune", FakeFinetune())
+    index = rp.reproduce(exp_path, out=tmp_path / "out")
+    curve = sorted(p for p in probed if p[0].startswith("curve_"))
+    assert curve == [("curve_btcxr_step0", "backbone_step0.pth", "freeze"),
+                     ("curve_btcxr_step2", "backbone_step2.pth", "freeze"),
+                     ("curve_supervised_step0", "backbone_step0.pth", "freeze"),
+                     ("curve_supervised_step2", "backbone_step2.pth", "freeze")]
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    rows = results[results["kind"] == "probe_curve"].sort_values(["init", "step"])
+    assert rows["step"].tolist() == [0, 2, 0, 2] and rows["mean_auroc"].tolist() == pytest.approx([0.6, 0.7] * 2)
+    md = (tmp_path / "out" / "report" / "results.md").read_text()
+    assert "NIH probe against pre-training steps" in index.read_text()
+    assert (tmp_path / "out" / "report" / "figures" / "probe_curve.png").is_file()
+    assert "| btcxr | 2 | 0.700 |" in md

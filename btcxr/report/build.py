@@ -25,6 +25,7 @@ from btcxr.report.figures import (
     init_colours,
     label_efficiency_figure,
     per_class_figure,
+    probe_curve_figure,
     training_curves_figure,
 )
 from btcxr.report.tables import (
@@ -106,6 +107,7 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
     _cam_section(rep, cam_grids, fig_dir)
     _localisation_section(rep, localisation)
     _probe_section(rep, probe, probe_summary, probe_group, baseline, order)
+    _probe_curve_section(rep, runs[runs["kind"] == "probe_curve"], probe, fig_dir, colours)
     _configs_section(rep, configs or {})
     _versions_section(rep, versions or {})
     _runs_section(rep, det, probe)
@@ -133,7 +135,7 @@ def _usable_runs(results: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
             notes.append(f"{int(not_done.sum())} run(s) not marked done were left out: "
                          f"{', '.join(map(str, runs.loc[not_done, 'run_id']))}.")
         runs = runs[~not_done]
-    unknown = ~runs["kind"].isin(["detection", "probe"])
+    unknown = ~runs["kind"].isin(["detection", "probe", "probe_curve"])
     if unknown.any():
         notes.append(f"{int(unknown.sum())} run(s) of an unknown kind were left out "
                      f"({', '.join(sorted(set(map(str, runs.loc[unknown, 'kind']))))}).")
@@ -145,7 +147,7 @@ def _usable_runs(results: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     runs = runs.astype({"init": str, "fraction": float})
     runs["seed"] = pd.to_numeric(runs["seed"]).astype(int)
     # Seeds pair runs across inits: two runs of one setting with the same seed would make the pairing ambiguous.
-    key = [c for c in ["kind", "mode", "init", "size", "fraction", "seed"] if c in runs]
+    key = [c for c in ["kind", "mode", "init", "size", "fraction", "seed", "step"] if c in runs]
     twins = runs[runs.duplicated(key, keep=False)]
     if len(twins):
         raise BtcxrError(f"results table: runs {', '.join(map(str, twins['run_id']))} repeat the same "
@@ -480,6 +482,30 @@ def _probe_section(rep, probe, probe_summary, probe_group, baseline, order) -> N
         parts.append(H.scroll(per_label.to_html()))
         md.append(per_label.to_markdown())
     rep.section("probe", title, parts, md)
+
+
+def _probe_curve_section(rep, curve, probe, fig_dir, colours) -> None:
+    """Does pre-training learn? The probe's test AUROC against pre-training steps, per pre-trained init,
+    between random init (the floor) and the positive control's final backbone (the ceiling)."""
+    if curve.empty:
+        return
+    fraction = float(curve["fraction"].iloc[0])
+    final = probe[(probe["fraction"] == fraction) & (probe["seed"] == curve["seed"].iloc[0])].set_index("init")
+    bounds = {name: float(final.loc[name, "mean_auroc"]) for name in ("random", POSITIVE_CONTROL)
+              if name in final.index}
+    path = probe_curve_figure(curve, fig_dir / "probe_curve.png", colours=colours, bounds=bounds)
+    rows = [[init, str(int(r["step"])), fmt_num(r["mean_auroc"])]
+            for init, part in curve.groupby("init", sort=False) for _, r in part.sort_values("step").iterrows()]
+    table = Table(["Init", "Pre-training step", "Test mean AUROC"], rows,
+                  f"Linear NIH probe at {fmt_fraction(fraction)} of the labels, seed {int(curve['seed'].iloc[0])}, "
+                  "of the backbone after each number of pre-training steps", [
+                      "Floor: random init's probe; ceiling: the positive control's final backbone (same probe)."],
+                  numeric={1, 2})
+    rep.section("probe-curve", "NIH probe against pre-training steps",
+                [H.figure(f"figures/{path.name}", "Test mean AUROC of a linear probe against pre-training "
+                                                  "steps; dashed: random init (floor) and the positive control "
+                                                  "(ceiling)"), H.scroll(table.to_html())],
+                [table.to_markdown()])
 
 
 # ---------------------------------------------------------------------------------- configs, versions

@@ -68,6 +68,9 @@ class ProbeSection(StageSection):
     enabled: bool = True
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     mode: str = "freeze"
+    # The probe curve: a linear (frozen) probe at this label fraction, first seed, of every intermediate
+    # backbone (pretrain backbone_steps) of every init pre-trained in the experiment. null: no curve.
+    curve_fraction: float | None = None
 
 
 @dataclass

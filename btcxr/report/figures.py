@@ -145,3 +145,20 @@ def training_curves_figure(curves: Sequence[Curve], path: Path, *, colours: dict
                bbox_to_anchor=(0.5, 1 - 0.28 / fig.get_figheight()))
     return _save(fig, path)
 
+
+def probe_curve_figure(curve: pd.DataFrame, path: Path, *, colours: dict[str, str],
+                       bounds: dict[str, float]) -> Path:
+    """Probe AUROC against pre-training steps, a line per init; `bounds` (name -> AUROC) as dashed lines."""
+    fig = Figure(figsize=(6.0, 3.8))
+    ax = fig.add_subplot()
+    for init, part in curve.groupby("init", sort=False):
+        part = part.sort_values("step")
+        ax.plot(part["step"], part["mean_auroc"], marker="o", label=init, color=colours.get(init))
+    for name, value in bounds.items():
+        ax.axhline(value, linestyle="--", linewidth=1, color=colours.get(name, "#444444"), label=f"{name} (final)")
+    ax.set_xlabel("pre-training steps")
+    ax.set_ylabel("NIH probe test mean AUROC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+

@@ -390,6 +390,42 @@ def _probe_id(init: str, fraction: float, seed: int) -> str:
     return f"probe_{init}_f{fraction:g}_seed{seed}"
 
 
+def curve_runs(ctx: Context) -> list[tuple[str, int, Path]]:
+    """(init, step, backbone file) of the probe curve: each intermediate backbone (backbone_step<k>.pth)
+    of each init pre-trained in this experiment."""
+    if not (ctx.exp.probe.enabled and ctx.exp.probe.curve_fraction):
+        return []
+    runs = []
+    for init, spec in ctx.inits.items():
+        if spec in ctx.backbones:
+            for path in ctx.backbones[spec].parent.glob("backbone_step*.pth"):
+                runs.append((init, int(path.stem.removeprefix("backbone_step")), path))
+    return sorted(runs, key=lambda r: (r[0], r[1]))
+
+
+def _curve_id(init: str, step: int) -> str:
+    return f"curve_{init}_step{step}"
+
+
+def curve_config(ctx: Context, init: str, path: Path):
+    cfg = probe_config(ctx, init, ctx.exp.probe.curve_fraction, ctx.exp.seeds[0])
+    cfg.model.init, cfg.probe.mode = str(path), "freeze"  # linear evaluation of the frozen features
+    return cfg
+
+
+def run_curve_probe(ctx: Context, init: str, step: int, path: Path) -> None:
+    from btcxr.classify.train import probe
+
+    cfg = curve_config(ctx, init, path)
+    run_dir = ctx.out / "runs" / _curve_id(init, step)
+    key = _run_key(ctx, init, config_to_dict(cfg))
+    if _is_done(run_dir, key):
+        return
+    log.info("%s: NIH probe of the backbone after %d pre-training steps", run_dir.name, step)
+    probe(cfg, run_dir, resume=_start_run(run_dir, key))
+    _mark_done(run_dir, key)
+
+
 # ----------------------------------------------------------------------------------------- results
 def collect_results(ctx: Context) -> pd.DataFrame:
     """One row per finished run of the whole grid (all shards), as in results.csv. A run finished with
@@ -426,6 +462,14 @@ def collect_results(ctx: Context) -> pd.DataFrame:
         per_label = r["test"].get("auroc") or {}
         row |= {f"auroc/{label}": per_label.get(label) for label in NIH_LABELS}
         rows.append(row)
+    for init, step, path in curve_runs(ctx):
+        run_dir = ctx.out / "runs" / _curve_id(init, step)
+        if not _is_done(run_dir, _run_key(ctx, init, config_to_dict(curve_config(ctx, init, path)))):
+            continue
+        r = json.loads((run_dir / "results.json").read_text())
+        rows.append({"run_id": run_dir.name, "kind": "probe_curve", "init": init, "size": r.get("input_size"),
+                     "fraction": r["fraction"], "seed": r["seed"], "step": step, "run_dir": str(run_dir),
+                     "status": "done", "mean_auroc": r["test"].get("mean_auroc"), "mode": "freeze"})
     return pd.DataFrame(rows).astype({"fraction": float}, errors="ignore") if rows else pd.DataFrame(
         columns=["run_id", "kind", "init", "size", "fraction", "seed", "run_dir", "status"])
 
@@ -497,8 +541,10 @@ def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         run_detection(ctx, run)
     for init, fraction, seed in shard(probe_runs(ctx), shard_index, shard_count):
         run_probe(ctx, init, fraction, seed)
+    for init, step, path in shard(curve_runs(ctx), shard_index, shard_count):
+        run_curve_probe(ctx, init, step, path)
 
-    expected = len(detection_runs(ctx)) + len(probe_runs(ctx))
+    expected = len(detection_runs(ctx)) + len(probe_runs(ctx)) + len(curve_runs(ctx))
     with _stage_lock(out, "report"):
         # Only writers of results.csv hold this lock: a temporary file of it now is a killed writer's.
         remove_temp_files(out, "results.csv")

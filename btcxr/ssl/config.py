@@ -117,6 +117,8 @@ class PretrainConfig:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
+    # backbone_step<k>.pth at these steps (0: the init itself), for the probe curve against pre-training steps
+    backbone_steps: list[int] = field(default_factory=list)
     corr_every_steps: int = 1000  # cross-correlation heatmap PNG; 0: only at the end
     collapse_std_threshold: float = 0.05  # warn when the normalised embedding spread drops below this
 

@@ -76,6 +76,8 @@ def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistE
              total, cfg.batch_size, steps_per_epoch, step)
     bar = tqdm(total=total, initial=step, unit="step", desc=f"pretrain {cfg.name} (supervised)",
                disable=progress_disabled() or not env.is_main)
+    if step == 0 and 0 in cfg.backbone_steps:
+        save_backbone(run, model.backbone, "backbone_step0.pth")  # the curve's first point: the init
     model.train()
     try:
         for epoch in range(step // steps_per_epoch, cfg.epochs):

@@ -82,6 +82,8 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Pat
     log.info("pre-training %s: %d steps of %d images (%d an epoch) on %d rank(s), from step %d", cfg.name,
              total, cfg.batch_size, steps_per_epoch, env.world_size, step)
     monitor = _Monitor(cfg, env, run, step, total)
+    if step == 0 and 0 in cfg.backbone_steps:
+        save_backbone(run, model.backbone, "backbone_step0.pth")  # the curve's first point: the init
     model.train()
     try:
         for epoch in range(step // steps_per_epoch, cfg.epochs):
@@ -109,7 +111,10 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Pat
 
 def checkpoint_when_due(run: RunDir, cfg: PretrainConfig, step: int, steps_per_epoch: int, model: nn.Module,
                         optimizer: LARS, scaler: torch.amp.GradScaler) -> None:
-    """last.pt at the end of every epoch and every `checkpoint_every_steps`; backbone.pth every epoch."""
+    """last.pt at the end of every epoch and every `checkpoint_every_steps`; backbone.pth every epoch;
+    backbone_step<k>.pth at the `backbone_steps` (written before last.pt, so a resume never misses one)."""
+    if step in cfg.backbone_steps:
+        save_backbone(run, model.backbone, f"backbone_step{step}.pth")
     end_of_epoch = step % steps_per_epoch == 0
     if end_of_epoch or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
         run.save(step=step, epoch=step // steps_per_epoch, model=model, optimizer=optimizer, scaler=scaler,
@@ -118,12 +123,12 @@ def checkpoint_when_due(run: RunDir, cfg: PretrainConfig, step: int, steps_per_e
             save_backbone(run, model.backbone)
 
 
-def save_backbone(run: RunDir, backbone: nn.Module) -> Path:
+def save_backbone(run: RunDir, backbone: nn.Module, name: str = BACKBONE) -> Path:
     """RUN/backbone.pth (torchvision ResNet keys without fc), written by the main rank."""
     if run.env.is_main:
-        save_checkpoint(run.path / BACKBONE, backbone_state_dict(backbone))
+        save_checkpoint(run.path / name, backbone_state_dict(backbone))
     barrier(run.env)
-    return run.path / BACKBONE
+    return run.path / name
 
 
 class _Monitor:
