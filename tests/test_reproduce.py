@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+from btcxr.engine.checkpoint import load_checkpoint
 from btcxr.errors import BtcxrError
 from btcxr.report import reproduce as rp
 from btcxr.report.experiment import DetectionRun, Experiment, detection_grid, load_experiment, shard
@@ -427,3 +429,32 @@ def test_probe_curve_over_pre_training_steps_between_floor_and_ceiling(tmp_path,
     assert "NIH probe against pre-training steps" in index.read_text()
     assert (tmp_path / "out" / "report" / "figures" / "probe_curve.png").is_file()
     assert "| btcxr | 2 | 0.700 |" in md
+
+
+@pytest.mark.slow
+def test_every_arm_runs_for_real_offline(tmp_path, monkeypatch):
+    """The paper's arms with no ImageNet weights, every stage real but tiny: the dead-leaves stand-in,
+    Barlow Twins from it, the supervised positive control, both fine-tuning rules and the probe curve."""
+    _no_imagenet(monkeypatch)
+    out = tmp_path / "arms"
+    overrides = ["data.synthetic={n_vindr: 48, n_nih: 48, size: 96, seed: 0, normal_fraction: 0.2}",
+                 "data.cache_size=64", "data.pretrain_size=32", "sizes=[64]",
+                 "inits={random: random, imagenet: imagenet, btcxr: btcxr, supervised: supervised}",
+                 "imagenet_fallback=natural", "cross_domain={n: 24, size: 48, cache_size: 32, overrides: [batch_size=8]}",
+                 "pretrain.overrides=[epochs=1, model.init=imagenet, 'backbone_steps=[0,1]']",
+                 "finetune.overrides=[optim.epochs=1]", "probe.overrides=[optim.epochs=1]",
+                 "probe.curve_fraction=1.0", "rules=[paper, all]", "localisation.enabled=false"]
+    index = rp.reproduce(CONFIGS / "demo.yaml", overrides, out=out, workers=1)
+    results = pd.read_csv(out / "results.csv")
+    det = results[results["kind"] == "detection"]
+    assert sorted(det["init"]) == sorted(["random", "imagenet", "btcxr", "supervised", "imagenet (all layers)",
+                                          "btcxr (all layers)", "supervised (all layers)"])
+    assert det["map50"].between(0, 1).all()
+    curve = results[results["kind"] == "probe_curve"]
+    assert sorted(zip(curve["init"], curve["step"])) == [(i, s) for i in ("btcxr", "imagenet", "supervised")
+                                                         for s in (0, 1)]
+    natural = load_checkpoint(out / "pretrain_natural" / "backbone.pth")
+    start = load_checkpoint(out / "pretrain" / "backbone_step0.pth")  # ours starts from the stand-in
+    assert all(torch.equal(natural[k], start[k]) for k in natural)
+    html = index.read_text()
+    assert "stand-in" in html and "The positive control" in html and "NIH probe against pre-training steps" in html
