@@ -20,11 +20,10 @@ from btcxr.data.classes import NIH_LABELS
 from btcxr.data.datasets import LabelledImages
 from btcxr.engine.distributed import DistEnv, mean_over_ranks
 from btcxr.engine.run import RunDir
-from btcxr.engine.runtime import autocast, grad_scaler, seed_everything
+from btcxr.engine.runtime import autocast, seed_everything
 from btcxr.logs import progress_disabled
 from btcxr.ssl.config import PretrainConfig, check_world
 from btcxr.ssl.data import build_loader
-from btcxr.ssl.lars import LARS, lars_param_groups
 from btcxr.ssl.syncbn import convert_sync_batchnorm
 from btcxr.ssl.views import LabelledView, model_input
 
@@ -45,7 +44,7 @@ class Classifier(nn.Module):
 
 
 def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
-    from btcxr.ssl.train import checkpoint_when_due, lr_schedules, save_backbone
+    from btcxr.ssl.train import checkpoint_when_due, lr_schedules, optimizer_and_scaler, save_backbone
 
     per_rank = check_world(cfg, env.world_size)
     run = RunDir(out, cfg, env, kind=KIND, resume=resume)
@@ -61,9 +60,7 @@ def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistE
         model = convert_sync_batchnorm(model, env.device)  # batch statistics over the global batch
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    o = cfg.optim
-    optimizer = LARS(lars_param_groups(model), weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
-    scaler = grad_scaler(env.device, cfg.amp)
+    optimizer, scaler = optimizer_and_scaler(cfg, model, env)
     steps_per_epoch = len(loader)
     lr_w, lr_b = lr_schedules(cfg, steps_per_epoch)
     step = int(run.restore(model=model, optimizer=optimizer, scaler=scaler)["step"]) if run.resumed else 0

@@ -61,9 +61,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Pat
         model = convert_sync_batchnorm(model, env.device)  # backbone, projector and final BN
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    o = cfg.optim
-    optimizer = LARS(lars_param_groups(model), weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
-    scaler = grad_scaler(env.device, cfg.amp)
+    optimizer, scaler = optimizer_and_scaler(cfg, model, env)
     steps_per_epoch = len(loader)
     total = cfg.epochs * steps_per_epoch
     lr_w, lr_b = lr_schedules(cfg, steps_per_epoch)
@@ -107,6 +105,14 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Pat
     finally:
         monitor.close()
     return save_backbone(run, model.backbone)
+
+
+def optimizer_and_scaler(cfg: PretrainConfig, model: nn.Module, env: DistEnv) -> tuple[LARS, torch.amp.GradScaler]:
+    """LARS over the weight and bias groups (their lr schedules come from `lr_schedules`), and the loss
+    scaler fp16 needs."""
+    o = cfg.optim
+    optimizer = LARS(lars_param_groups(model), weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
+    return optimizer, grad_scaler(env.device, cfg.amp)
 
 
 def checkpoint_when_due(run: RunDir, cfg: PretrainConfig, step: int, steps_per_epoch: int, model: nn.Module,
