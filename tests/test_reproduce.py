@@ -266,6 +266,7 @@ def test_demo_pipeline_end_to_end(tmp_path, monkeypatch):
 
     index = out / "report" / "index.html"
     html = index.read_text()
+    assert "These numbers only exercise the pipeline" in html  # the demo says it is not a result
     for title in ("Summary", "Detection: test mAP50", "Label efficiency", "Per-class AP50", "Training curves",
                   "Ablation-CAM examples", "Localisation of the heatmaps", "NIH classification probe", "Configs",
                   "Versions"):

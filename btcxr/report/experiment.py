@@ -105,6 +105,7 @@ class Experiment:
     localisation: LocalisationSection = field(default_factory=LocalisationSection)
     probe: ProbeSection = field(default_factory=ProbeSection)
     cam_examples: int = 3                    # test images shown in the report's CAM grid
+    notes: list[str] = field(default_factory=list)  # shown at the top of the report (what the numbers are)
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:

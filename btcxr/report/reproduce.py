@@ -532,6 +532,7 @@ def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     save_config(exp, out / "experiment.yaml")
     ctx = Context(exp, exp_path, out)
     ctx.workers = workers
+    ctx.notes.extend(exp.notes)
 
     prepare_data(ctx, workers)
     check_imagenet(ctx, _archs(ctx))
