@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -206,9 +207,8 @@ class _Payload:
 def _malicious_checkpoint(path: Path, marker: Path) -> Path:
     """A file as `torch.save` writes it, whose unpickling would run code; the payload works (checked)."""
     probe = marker.with_name(marker.name + ".probe")
-    torch.save({"model": _Payload(probe), "state_dict": _Payload(probe)}, path)
-    torch.load(path, weights_only=False)     # the unsafe way: the code runs ...
-    assert probe.exists()                    # ... which proves the payload is live
+    pickle.loads(pickle.dumps(_Payload(probe)))  # unpickled the unsafe way, the code runs ...
+    assert probe.exists()                        # ... which proves the payload is live
     probe.unlink()
     torch.save({"model": _Payload(marker), "state_dict": _Payload(marker), "kind": "detector"}, path)
     return path
