@@ -20,7 +20,8 @@ def test_shipped_experiments_load_and_their_stage_configs_exist(name):
     exp = load_experiment(CONFIGS / f"{name}.yaml")
     for section in (exp.pretrain, exp.finetune, exp.probe):
         assert (CONFIGS / section.config).is_file()
-    assert len(detection_grid(exp)) == len(exp.inits) * len(exp.sizes) * len(exp.fractions) * len(exp.seeds)
+    paper_rule = [r for r in detection_grid(exp) if r.rule == "paper"]
+    assert len(paper_rule) == len(exp.inits) * len(exp.sizes) * len(exp.fractions) * len(exp.seeds)
 
 
 def test_shards_partition_the_grid():
@@ -49,9 +50,14 @@ def _no_imagenet(monkeypatch):
     monkeypatch.setattr("btcxr.backbones._imagenet_state", offline)
 
 
+# The earlier synthetic.yaml: ImageNet, ours and random, ImageNet the baseline, random the fallback.
+RANDOM_FALLBACK = ["inits={imagenet: imagenet, btcxr: btcxr, random: random}", "baseline=imagenet",
+                   "imagenet_fallback=random", "localisation.inits=[imagenet, btcxr]"]
+
+
 def test_imagenet_fallback_drops_duplicate_init_and_moves_the_baseline(monkeypatch, tmp_path):
     _no_imagenet(monkeypatch)
-    exp = load_experiment(CONFIGS / "synthetic.yaml")
+    exp = load_experiment(CONFIGS / "synthetic.yaml", RANDOM_FALLBACK)
     ctx = rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path)
     rp.check_imagenet(ctx, {"resnet18"})
     assert ctx.inits == {"btcxr": "btcxr", "random": "random"}
@@ -60,9 +66,24 @@ def test_imagenet_fallback_drops_duplicate_init_and_moves_the_baseline(monkeypat
     assert all(r.init != "imagenet" for r in rp.detection_runs(ctx))
 
 
+def test_shipped_synthetic_experiment_has_every_arm_offline(monkeypatch, tmp_path):
+    """What the README's table rests on: 4 arms with the positive control, >= 3 seeds, a fraction at or
+    below 10 %, both fine-tuning rules there and the probe curve, with the stand-in in place of ImageNet."""
+    _no_imagenet(monkeypatch)
+    exp = load_experiment(CONFIGS / "synthetic.yaml")
+    ctx = rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path)
+    rp.check_imagenet(ctx, {"resnet18"})
+    assert ctx.inits == {"random": "random", "imagenet": "imagenet", "btcxr": "btcxr", "supervised": "supervised"}
+    assert ctx.imagenet_replaced is None and "stand-in" in ctx.notes[-1]
+    assert len(exp.seeds) >= 3 and min(exp.fractions) <= 0.1 and exp.probe.curve_fraction
+    runs = rp.detection_runs(ctx)
+    assert {r.rule for r in runs if r.fraction == min(exp.fractions)} == {"paper", "all"}
+    assert len(runs) == 44
+
+
 def test_imagenet_fallback_replaces_when_random_is_not_compared(monkeypatch, tmp_path):
     _no_imagenet(monkeypatch)
-    exp = load_experiment(CONFIGS / "synthetic.yaml", ["inits={imagenet: imagenet, btcxr: btcxr}"])
+    exp = load_experiment(CONFIGS / "synthetic.yaml", [*RANDOM_FALLBACK, "inits={imagenet: imagenet, btcxr: btcxr}"])
     ctx = rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path)
     rp.check_imagenet(ctx, {"resnet18"})
     assert ctx.inits == {"imagenet": "random", "btcxr": "btcxr"} and ctx.baseline == "imagenet"
@@ -211,7 +232,8 @@ def _finished_detection_runs(ctx, inits):
 
 def test_localisation_compares_the_init_that_stands_in_for_a_dropped_imagenet(monkeypatch, tmp_path):
     _no_imagenet(monkeypatch)
-    ctx = rp.Context(load_experiment(CONFIGS / "synthetic.yaml"), CONFIGS / "synthetic.yaml", tmp_path)
+    ctx = rp.Context(load_experiment(CONFIGS / "synthetic.yaml", RANDOM_FALLBACK), CONFIGS / "synthetic.yaml",
+                     tmp_path)
     rp.check_imagenet(ctx, {"resnet18"})        # imagenet dropped, random is the baseline
     assert ctx.exp.localisation.inits == ["imagenet", "btcxr"]
     results = _finished_detection_runs(ctx, ["random", "btcxr"])
