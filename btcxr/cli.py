@@ -12,8 +12,8 @@ from btcxr.errors import BtcxrError
 from btcxr.logs import setup_logging
 
 # Subcommand name -> module in btcxr.commands, in the order of the pipeline.
-COMMANDS = ["synth", "prepare", "pretrain", "probe", "finetune", "evaluate", "predict", "explain", "reproduce",
-            "demo"]
+COMMANDS = ["synth", "prepare", "pretrain", "probe", "finetune", "evaluate", "predict", "explain", "browse",
+            "reproduce", "demo"]
 
 log = logging.getLogger("btcxr")
 

@@ -126,6 +126,11 @@ def test_fpn_update_from_a_level_equals_torchvision_fpn(model, level):
     assert list(updated) == list(expected) == ["0", "1", "2", "3", "pool"]
     for key in expected:
         torch.testing.assert_close(updated[key], expected[key], rtol=1e-4, atol=1e-4)
+    # only some outputs asked for (the box-local mode): those alone come back, equal to the full update
+    kept = fpn_from_level(fpn, new_in, level, old, top_down, keep=["0", "3"])
+    assert list(kept) == ["0", "3"]
+    for key in kept:
+        torch.testing.assert_close(kept[key], updated[key], rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------ cut forward
@@ -176,6 +181,96 @@ def test_cut_forward_all_fpn_levels(model, image):
                                rtol=1e-4, atol=1e-4)
 
 
+# ------------------------------------------------------------------------------------------ box-local mode
+def _fixed_proposal_outputs(model, image, layer: str, channels, proposals):
+    """Reference for the box-local mode: the whole model with channel k of `layer` zeroed (a hook, one
+    copy per channel) and the RPN replaced by the given proposals, through torchvision's own RoIHeads."""
+    module = get_module(model, resolve_layer(model, layer).module_path)
+    outputs = []
+    for k in channels:
+        def zero(_m, _i, output, k=k):
+            output = output.clone()
+            output[:, k] = 0
+            return output
+
+        handle = module.register_forward_hook(zero)
+        try:
+            with torch.no_grad():
+                images, _ = model.transform([image])
+                features = model.backbone(images.tensors)
+                detections, _ = model.roi_heads(features, [proposals], images.image_sizes)
+                outputs += model.transform.postprocess(detections, images.image_sizes, [tuple(image.shape[-2:])])
+        finally:
+            handle.remove()
+    return outputs
+
+
+@pytest.mark.parametrize("layer", ["layer3", "fpn.0"])
+def test_box_local_heads_equal_torchvision_heads_on_the_fixed_proposals(model, image, layer, monkeypatch):
+    """With every proposal a candidate, the box-local pass is torchvision's RoIHeads on the unablated
+    proposals; with the default candidates the targets' scores are the same (only far boxes are dropped)."""
+    import btcxr.explain.box_local as box_local
+
+    split = SplitDetector(model, resolve_layer(model, layer))
+    out = split.first_pass(image)
+    targets = box_targets(out, select_boxes(out, 0.0, 3))
+    channels = [1, 7, 30]
+    reference = _scores_of(_fixed_proposal_outputs(model, image, layer, channels, split.proposals), targets)
+    default = split.candidate_heads(targets)
+    assert 0 < len(default.candidates) < len(split.proposals)
+    np.testing.assert_allclose(_scores_of(split.ablated_outputs(channels, default), targets), reference,
+                               rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(box_local, "CANDIDATE_IOU", -1.0)
+    every = split.candidate_heads(targets)
+    assert len(every.candidates) == len(split.proposals)
+    all_levels = model.roi_heads.box_roi_pool.map_levels([split.proposals]).flatten().tolist()
+    assert every.levels == [str(i) for i in sorted(set(all_levels))]
+    ablated = split.ablated_outputs(channels, every)
+    whole = _fixed_proposal_outputs(model, image, layer, channels, split.proposals)
+    for mine, theirs in zip(ablated, whole):
+        torch.testing.assert_close(mine["scores"], theirs["scores"], rtol=1e-4, atol=1e-4)
+        assert torch.equal(mine["labels"], theirs["labels"])
+    # unablated: the candidate heads give the detector's own scores for its boxes
+    np.testing.assert_allclose(_scores_of(default(split.features, 1), targets), _scores_of([out], targets),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_box_local_mode_reads_only_the_levels_of_its_candidates(model, image):
+    split = SplitDetector(model, resolve_layer(model, "layer3"))
+    out = split.first_pass(image)
+    heads = split.candidate_heads(box_targets(out, select_boxes(out, 0.0, 1)))
+    levels = set(model.roi_heads.box_roi_pool.map_levels([heads.candidates]).flatten().tolist())
+    assert heads.levels == [str(i) for i in sorted(levels)]
+    features = fpn_from_level(split.fpn, split._body_from(split._act.repeat(2, 1, 1, 1)), split._fpn_level,
+                              split.features, split._top_down, keep=heads.levels)
+    assert list(features) == heads.levels  # "pool" and unread levels are never computed
+
+
+def test_box_mode_falls_back_to_exact_where_it_cannot_cut(model, image):
+    path = "backbone.body.layer3.1"
+    box = AblationCAM(model, path, ratio=0.03, batch_size=8, mode="box").explain(image, 0.0, 2)
+    exact = AblationCAM(model, path, ratio=0.03, batch_size=8, mode="exact").explain(image, 0.0, 2)
+    np.testing.assert_allclose(box.heatmaps, exact.heatmaps, atol=1e-6)
+    with pytest.raises(BtcxrError, match="ablation-mode"):
+        AblationCAM(model, "layer3", mode="fast")
+
+
+def test_split_progress_logs_images_per_hour_and_time_left(caplog, monkeypatch):
+    from btcxr.explain import run as explain_run
+
+    clock = iter([0.0, 0.0, 30.0, 90.0, 120.0])
+    monkeypatch.setattr(explain_run.time, "perf_counter", lambda: next(clock))
+    rate = explain_run._Rate(total=4, split="test", every_s=60.0)  # start at t = 0
+    with caplog.at_level("INFO", logger="btcxr.explain.run"):
+        rate.report(0)   # nothing done yet: no rate
+        rate.report(1)   # t = 30: under a minute since the last line
+        rate.report(2)   # t = 90: 2 images in 90 s
+        rate.report(4)   # t = 120: the end is always logged
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["explain test: 2 of 4 images, 80 images per hour, 1 min 30 s left",
+                     "explain test: 4 of 4 images, 120 images per hour, 0 min 00 s left"]
+
+
 # ------------------------------------------------------------------------------------------ Ablation-CAM
 def test_channel_selection_is_gradcams():
     torch.manual_seed(1)
@@ -191,7 +286,7 @@ def test_channel_selection_is_gradcams():
 
 
 def test_weights_are_the_relative_drop_of_the_box_score(model, image):
-    cam = AblationCAM(model, "layer3", ratio=0.03, batch_size=8)
+    cam = AblationCAM(model, "layer3", ratio=0.03, batch_size=8, mode="exact")
     out = cam.detect(image)
     targets = box_targets(out, select_boxes(out, 0.0, 2))
     weights = cam.weights(targets).numpy()  # (2, 256)
@@ -220,7 +315,7 @@ def test_weights_are_the_relative_drop_of_the_box_score(model, image):
 
 def test_ablation_cam_matches_the_grad_cam_package(model, image):
     ratio = 0.05  # pytorch-grad-cam's rule: 2 * int(256 * 0.05) = 24 channels, same ones in both
-    ours = AblationCAM(model, "layer3", ratio=ratio, batch_size=16)
+    ours = AblationCAM(model, "layer3", ratio=ratio, batch_size=16, mode="exact")
     explanation = ours.explain(image, score_thr=0.0, top_k=3)
     assert len(explanation) == 3
     targets = box_targets(ours._output, select_boxes(ours._output, 0.0, 3))

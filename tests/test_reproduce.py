@@ -298,6 +298,13 @@ def test_demo_pipeline_end_to_end(tmp_path, monkeypatch):
     images = re.findall(r'<img[^>]+src="([^"]+)"', html)
     assert images and all((index.parent / src).exists() for src in images)
     assert "results.md" in {p.name for p in index.parent.iterdir()}
+    # the case browser next to the report, linked from it, with both runs and the localisation's heatmaps
+    assert '<a href="../browse/index.html">the case browser</a>' in html
+    site = (out / "browse" / "data" / "index.js").read_text()
+    assert '"models":["random","btcxr"]' in site
+    assert any((out / "browse" / "heatmaps").rglob("box0.png"))
+    readers = pd.read_csv(out / "cache" / "vindr" / "readers.csv")  # each radiologist's boxes, for the browser
+    assert {"image_id", "rad_id", "class_id", "x_min"} <= set(readers.columns) and readers["rad_id"].nunique() >= 3
 
 
 def test_changed_settings_start_afresh_and_keep_the_old_run_aside(finished):

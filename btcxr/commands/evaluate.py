@@ -64,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-finding-rule", choices=["1-max", "none"], default="1-max",
                         help="class-14 predictions for the Kaggle score when the predictions have none: "
                              "'1-max' adds '14 s 0 0 1 1' with s = 1 - max score on the image (default)")
+    parser.add_argument("--counts-at", type=float, nargs=2, metavar=("IOU", "SCORE"),
+                        help="also write OUT/per_image.csv: each image's true positives, false positives and "
+                             "missed boxes at this IoU and score threshold (the case browser's counts)")
     parser.add_argument("--lenient", action="store_true",
                         help="skip (and count) predictions on images that are not in the ground truth "
                              "instead of stopping")
@@ -86,11 +89,11 @@ def run(args: argparse.Namespace) -> int:
         evaluate_checkpoint(args.checkpoint, args.cache, args.split, args.out, device=args.device,
                             batch_size=args.batch_size, workers=args.workers, bootstrap=args.bootstrap,
                             seed=args.seed, include_negatives={"auto": None, "yes": True, "no": False}[
-                                args.include_negatives])
+                                args.include_negatives], counts_at=args.counts_at)
         return 0
     if not args.pred or not args.gt:
         raise BtcxrError("give --pred and --gt (files), or --checkpoint and --cache (a detector on a cache part)")
     evaluate_files(args.pred, args.gt, args.out, fusion=args.fusion, iou_thr=args.iou_thr,
                    skip_box_thr=args.skip_box_thr, bootstrap=args.bootstrap, seed=args.seed,
-                   no_finding_rule=args.no_finding_rule, lenient=args.lenient)
+                   no_finding_rule=args.no_finding_rule, lenient=args.lenient, counts_at=args.counts_at)
     return 0

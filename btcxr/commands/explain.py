@@ -74,6 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=10, help="at most this many boxes per image (default: 10)")
     parser.add_argument("--ratio", type=float, default=0.5,
                         help="Ablation-CAM: pytorch-grad-cam's ratio_channels_to_ablate (default: 0.5)")
+    parser.add_argument("--ablation-mode", choices=["exact", "box"], default="exact",
+                        help="Ablation-CAM: exact (default) re-runs everything after the layer, RPN included, "
+                             "as pytorch-grad-cam; box re-runs only what the explained boxes' scores depend "
+                             "on with the first pass's proposals: faster, approximate (docs/explain.md)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="Ablation-CAM: ablated copies per forward pass (default: 32)")
     parser.add_argument("--tolerance", type=float, default=0.0,
@@ -90,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     from btcxr.explain.run import explain_images, explain_split
 
     common = dict(labels=args.label, method=args.method, layer=args.layer, score_thr=args.score_thr,
-                  top_k=args.top_k, ratio=args.ratio, batch_size=args.batch_size, device=args.device,
+                  top_k=args.top_k, ratio=args.ratio, batch_size=args.batch_size,
+                  ablation_mode=args.ablation_mode, device=args.device,
                   tolerance=args.tolerance)
     if args.split:
         if not args.cache:

@@ -42,6 +42,8 @@ from btcxr.data.cache_format import (
     MANIFEST,
     MANIFEST_COLUMNS,
     NIH_BOXES,
+    READER_COLUMNS,
+    READERS,
     SETTINGS,
     Journal,
     cache_file_name,
@@ -447,11 +449,12 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
         readings = [(train, train_source, spec, s.skip_box_thr)]
         if test is not None:
             readings.append((test, _vindr_annotation_file(test, "test"), "union", 0.0))
-        fused_parts = []
+        fused_parts, reader_parts = [], []
         for source, source_file, how, skip_thr in readings:
             ann = source.annotations[source.annotations["image_id"].isin(done["image_id"])]
             check_boxes_inside(ann, sizes, source_file)
             fused_parts.append(fuse_readers(ann, how, s.iou_thr, skip_thr, sizes=sizes, label_set=s.label_set))
+            reader_parts.append(ann[ann["x_min"].notna()])
         fused = pd.concat(fused_parts, ignore_index=True)
         # An image the readers annotated but the fusion's reader did not read has no row: left out.
         manifest = done.merge(split, on="image_id").merge(_labels_of(fused), on="image_id")
@@ -460,6 +463,9 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
         annotations = annotations.sort_values(["image_id", "class_id", "x_min", "y_min"], kind="stable")
         _write_manifest(cache, manifest)
         write_csv_atomic(annotations, cache / ANNOTATIONS)
+        readers = pd.concat(reader_parts, ignore_index=True)
+        readers = readers[readers["image_id"].isin(manifest["image_id"])][READER_COLUMNS]
+        write_csv_atomic(readers.sort_values(["image_id", "rad_id", "class_id"], kind="stable"), cache / READERS)
         from btcxr.data.coco import write_coco
 
         for part in splitting.PART_NAMES:

@@ -5,6 +5,7 @@ CACHE/
   images/*.png      single-channel, longest side = size (8- or 16-bit)
   manifest.csv      MANIFEST_COLUMNS
   annotations.csv   (VinDr) ANNOTATION_COLUMNS, original pixel frame
+  readers.csv       (VinDr) READER_COLUMNS: each radiologist's own boxes before fusion, original pixels
   coco_<part>.json  (VinDr) COCO detection files in the cache frame
   splits/*.csv      saved splits
   errors.csv        files skipped with --on-error skip
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 ANNOTATIONS = "annotations.csv"
+READERS = "readers.csv"
 NIH_BOXES = "nih_boxes.csv"  # NIH BBox_List_2017 boxes of the cached images, original pixels
 SETTINGS = "prepare.json"
 ERRORS = "errors.csv"
@@ -40,6 +42,7 @@ IMAGES_DIR = "images"
 
 MANIFEST_COLUMNS = ["image_id", "file", "patient_id", "split", "labels", "orig_width", "orig_height", "scale"]
 ANNOTATION_COLUMNS = ["image_id", "class_id", "class_name", "x_min", "y_min", "x_max", "y_max", "score"]
+READER_COLUMNS = ["image_id", "rad_id", "class_id", "x_min", "y_min", "x_max", "y_max"]
 JOURNAL_COLUMNS = ["image_id", "file", "orig_width", "orig_height", "width", "height", "scale", "bytes", "crc32"]
 _JOURNAL_V1_COLUMNS = JOURNAL_COLUMNS[:7]  # journals written before the PNG checksums were recorded
 ERROR_COLUMNS = ["image_id", "path", "reason"]

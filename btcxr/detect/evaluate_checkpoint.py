@@ -39,7 +39,8 @@ def ground_truth(dataset: Any) -> pd.DataFrame:
 def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, split: str, out_dir: str | Path, *,
                         device: str = "auto", batch_size: int = 8, workers: int = 2,
                         include_negatives: bool | None = None, bootstrap: int = 1000, seed: int = 0,
-                        predictions_path: str | Path | None = None, amp: str = "none") -> dict:
+                        predictions_path: str | Path | None = None, amp: str = "none",
+                        counts_at: tuple[float, float] | None = None) -> dict:
     """Score a fine-tuned detector on a part of a VinDr cache (`btcxr evaluate --checkpoint`).
 
     Predicts every image of the part at the detector's size setting, maps the boxes to original pixels,
@@ -64,4 +65,5 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, split: str, o
     sources = {"checkpoint": str(checkpoint), "cache": str(cache), "split": split,
                "include_negatives": include_negatives, "epoch": meta.get("epoch"),
                "detector_size": int(meta["detector"]["size"])}
-    return evaluate_predictions(pred, ground_truth(dataset), out, bootstrap=bootstrap, seed=seed, sources=sources)
+    return evaluate_predictions(pred, ground_truth(dataset), out, bootstrap=bootstrap, seed=seed, sources=sources,
+                                counts_at=counts_at)

@@ -107,12 +107,14 @@ def restrict_to_ground_truth(pred: pd.DataFrame, gt: pd.DataFrame, *, lenient: b
 
 def evaluate_predictions(pred_df: pd.DataFrame, gt_df: pd.DataFrame, out_dir: str | Path, *, bootstrap: int = 1000,
                          seed: int = 0, no_finding_rule: str = "1-max", lenient: bool = False,
-                         sources: dict | None = None, plots: bool = True) -> dict:
+                         sources: dict | None = None, plots: bool = True,
+                         counts_at: tuple[float, float] | None = None) -> dict:
     """Score predictions against GT frames and write metrics.json, per_class.csv/.md and pr_curves.png.
 
     `pred_df`: predictions.csv columns (class 14 rows optional); `gt_df`: annotations.csv columns. The
     entry point for any source of predictions (files, a model run on a cache). Returns the metrics dict
-    written to metrics.json.
+    written to metrics.json. counts_at (IoU, score): also per_image.csv, each image's true positives,
+    false positives and misses at those thresholds (detect/counts.py).
     """
     sources = dict(sources or {})
     gt = check_ground_truth(gt_df, str(sources.get("gt", "ground truth")))
@@ -134,6 +136,10 @@ def evaluate_predictions(pred_df: pd.DataFrame, gt_df: pd.DataFrame, out_dir: st
     write_text(out / "per_class.md", per_class_markdown(result))
     if plots:
         plot_pr_curves(result, out / "pr_curves.png")
+    if counts_at is not None:
+        from btcxr.detect.counts import per_image_counts
+
+        write_csv(out / "per_image.csv", per_image_counts(gt, pred, *counts_at))
     ci = metrics.get("map50_ci")
     log.info("mAP50 %.4f%s | mAP %.4f | VOC mAP50 %.4f | Kaggle mAP40 %.4f (%d images, %d GT boxes, %d predictions)",
              _num(metrics["map50"]), f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "", _num(metrics["map"]),
@@ -145,13 +151,14 @@ def evaluate_predictions(pred_df: pd.DataFrame, gt_df: pd.DataFrame, out_dir: st
 
 def evaluate_files(pred_path: str | Path, gt_path: str | Path, out_dir: str | Path, *, fusion: str = "wbf",
                    iou_thr: float = 0.4, skip_box_thr: float = 0.0, bootstrap: int = 1000, seed: int = 0,
-                   no_finding_rule: str = "1-max", lenient: bool = False) -> dict:
+                   no_finding_rule: str = "1-max", lenient: bool = False,
+                   counts_at: tuple[float, float] | None = None) -> dict:
     """`btcxr evaluate --pred --gt --out`: read both files, then :func:`evaluate_predictions`."""
     gt, info = read_ground_truth(gt_path, fusion=fusion, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
     pred = read_predictions(pred_path)
     sources = {"pred": str(pred_path), "gt": str(gt_path), **info}
     return evaluate_predictions(pred, gt, out_dir, bootstrap=bootstrap, seed=seed, no_finding_rule=no_finding_rule,
-                                lenient=lenient, sources=sources)
+                                lenient=lenient, sources=sources, counts_at=counts_at)
 
 
 def _num(v: float | None) -> float:

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from btcxr.engine.runtime import resolve_device
+from btcxr.errors import BtcxrError
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,11 @@ def init_distributed(device: str = "auto") -> DistEnv:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # BTCXR_DIST_BACKEND=gloo: several ranks on one GPU (benchmarks/gpu_check.py), which NCCL refuses.
+        backend = os.environ.get("BTCXR_DIST_BACKEND") or ("nccl" if dev.type == "cuda" else "gloo")
+        if backend not in ("nccl", "gloo"):
+            raise BtcxrError(f"BTCXR_DIST_BACKEND={backend!r}: use nccl or gloo")
+        dist.init_process_group(backend=backend)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 

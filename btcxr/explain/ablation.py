@@ -33,6 +33,14 @@ from btcxr.explain.targets import FasterRCNNBoxTarget, target_scores
 
 log = logging.getLogger(__name__)
 
+# "exact": every ablated copy re-runs everything after the target layer (RPN and all proposals included),
+# as pytorch-grad-cam does. "box": only what the explained boxes' scores depend on, with the unablated
+# proposals (box_local.py); 3-9x faster, but it does not follow the RPN, and benchmarks/explain.py measured
+# median r 0.62-0.90 against "exact" on our trained detectors, hence not the default (docs/explain.md).
+# Cuts other than a ResNet stage or FPN level 0-3 run "exact".
+MODES = ("box", "exact")
+DEFAULT_MODE = "exact"
+
 
 def channels_to_ablate(activation: torch.Tensor, ratio: float) -> np.ndarray:
     """Sorted channel indices pytorch-grad-cam's AblationCAM ablates for `activation` (C, h, w)."""
@@ -49,14 +57,17 @@ class AblationCAM(DetectorCAM):
     """Batched Ablation-CAM of a torchvision Faster R-CNN, one heatmap per detected box."""
 
     def __init__(self, model: nn.Module, layer: str = DEFAULT_LAYER, ratio: float = 1.0,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, mode: str = DEFAULT_MODE) -> None:
         super().__init__(model, layer)
+        if mode not in MODES:
+            raise BtcxrError(f"--ablation-mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not 0 < ratio <= 1:
             raise BtcxrError(f"--ratio must be in (0, 1], got {ratio}")
         if batch_size < 1:
             raise BtcxrError(f"--batch-size must be at least 1, got {batch_size}")
         self.ratio = ratio
         self.batch_size = batch_size
+        self.mode = mode
         self._split: SplitDetector | None = None
         self._output: dict[str, torch.Tensor] | None = None
         self._image: torch.Tensor | None = None
@@ -74,11 +85,16 @@ class AblationCAM(DetectorCAM):
         split = self._split
         activation = split.activation
         channels = channels_to_ablate(activation, self.ratio)
-        original = target_scores(targets, [self._output])[0].float().cpu()  # (n,)
+        heads = None
+        if self.mode == "box" and split.supports_box_local:
+            heads = split.candidate_heads(targets)  # y and every y_k from the same (candidate) heads
+            original = target_scores(targets, heads(split.features, 1))[0].float().cpu()
+        else:
+            original = target_scores(targets, [self._output])[0].float().cpu()  # (n,)
         ablated = original[None, :].repeat(split.num_channels, 1)  # skipped channels keep y: weight 0
         for start in range(0, len(channels), self.batch_size):
             batch = channels[start:start + self.batch_size]
-            outputs = split.ablated_outputs(batch.tolist())
+            outputs = split.ablated_outputs(batch.tolist(), heads)
             ablated[torch.as_tensor(batch)] = target_scores(targets, outputs).float().cpu()
             log.debug("ablated channels %d-%d of %d", start, start + len(batch), len(channels))
         safe = torch.where(original == 0, torch.ones_like(original), original)

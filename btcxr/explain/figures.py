@@ -38,6 +38,21 @@ class Finding:
     ground_truth: bool
 
 
+def heatmap_png(heatmap: np.ndarray) -> bytes:
+    """One heatmap in [0, 1] as an RGB PNG in HEAT_CMAP, at its own resolution: the overlay the case browser
+    (btcxr browse) blends over the radiograph with an opacity slider (a browser cannot recolour pixels of
+    a page opened from file://, so the colours are made here)."""
+    import io
+
+    from matplotlib import colormaps
+    from PIL import Image
+
+    rgb = colormaps[HEAT_CMAP](np.clip(np.asarray(heatmap, dtype=np.float64), 0.0, 1.0))[..., :3]
+    buffer = io.BytesIO()
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
 def _draw_box(ax, box: Sequence[float], color: str, dashed: bool = False, text: str | None = None,
               below: bool = False) -> None:
     """A box outline; its caption goes above the top edge (detections) or under the bottom one (ground

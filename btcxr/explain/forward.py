@@ -26,6 +26,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from btcxr.errors import BtcxrError
 from btcxr.explain.base import TargetLayer, get_module
+from btcxr.explain.box_local import CandidateHeads
 from btcxr.explain.fpn import UpsampledConv3x3, fpn_forward, fpn_from_level, fpn_is_linear
 
 Output = dict[str, torch.Tensor]
@@ -52,6 +53,7 @@ class SplitDetector:
         self._fpn_level: int | None = None  # FPN input level an edit changes first (fpn.fpn_from_level)
         self._top_down: list[torch.Tensor] = []
         self._fpn_convs: dict[int, UpsampledConv3x3] = {}
+        self.proposals: torch.Tensor | None = None  # the first pass's RPN proposals (network input frame)
 
     # ------------------------------------------------------------------ first pass
     @torch.no_grad()
@@ -77,7 +79,7 @@ class SplitDetector:
             self._features = self.fpn(body_out)
         if self.layer.kind == "fpn":
             self._act = self._features if self.layer.level is None else self._features[self.layer.level]
-        return self._heads(self._features, 1)[0]
+        return self._heads(self._features, 1, keep_proposals=True)[0]
 
     def _first_pass_hooked(self, image: torch.Tensor) -> Output:
         module = get_module(self.model, self.layer.module_path)
@@ -130,29 +132,49 @@ class SplitDetector:
             return sum(v.shape[1] for v in self._act.values())
         return self._act.shape[1]
 
+    @property
+    def features(self) -> OrderedDict[str, torch.Tensor]:
+        """The first pass's FPN outputs (batch 1)."""
+        return self._features
+
+    @property
+    def supports_box_local(self) -> bool:
+        """Whether `ablated_outputs` can take box_local.CandidateHeads: a ResNet stage or one FPN level the box
+        head pools from. The "pool" level only feeds the RPN, whose proposals the box-local mode keeps."""
+        return self.layer.kind == "body" or (self.layer.kind == "fpn" and self.layer.level in ("0", "1", "2", "3"))
+
+    def candidate_heads(self, targets) -> CandidateHeads:
+        """The heads of the box-local mode for `targets`, on this image's first pass."""
+        return CandidateHeads(self.model, self.proposals, self._features, tuple(self._images.image_sizes[0]),
+                              self._orig_size, targets)
+
     # ------------------------------------------------------------------ second half
     @torch.no_grad()
-    def ablated_outputs(self, channels: Sequence[int]) -> list[Output]:
+    def ablated_outputs(self, channels: Sequence[int], heads: CandidateHeads | None = None) -> list[Output]:
         """Outputs of len(channels) copies of the image; copy i has channel channels[i] of the target
-        layer's activations set to zero (Desai and Ramaswamy's ablation)."""
+        layer's activations set to zero (Desai and Ramaswamy's ablation). heads: the detector's own RPN and
+        RoI heads (None), or box_local.CandidateHeads, which also limit the FPN to the levels they read."""
         n = len(channels)
+        run_heads = heads if heads is not None else self._heads
         device = next(iter(self._act.values())).device if isinstance(self._act, dict) else self._act.device
         rows = torch.arange(n, device=device)
         index = torch.as_tensor(list(channels), dtype=torch.long, device=device)
         if isinstance(self._act, dict):  # all FPN levels: channel k lives in level k // C_level
-            return self._heads(self._ablate_levels(index), n)
+            return run_heads(self._ablate_levels(index), n)
         ablated = _repeat(self._act, n).clone()
         ablated[rows, index] = 0
         if self.layer.kind == "module":
+            if heads is not None:
+                raise BtcxrError(f"the box-local mode cannot cut at {self.layer.name}; use the exact mode")
             return self._rest_hooked(ablated)
         if self.layer.kind == "body" and self._fpn_level is not None:
             features = fpn_from_level(self.fpn, self._body_from(ablated), self._fpn_level, self._features,
-                                      self._top_down, self._fpn_convs)
+                                      self._top_down, self._fpn_convs, heads.levels if heads else None)
         elif self.layer.kind == "body":
             features = self.fpn(self._body_from(ablated))
         else:
             features = self._features_with_level(ablated)
-        return self._heads(features, n)
+        return run_heads(features, n)
 
     def _body_from(self, ablated: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """The body's return-layer outputs when `stage` outputs `ablated` (earlier ones repeated)."""
@@ -197,12 +219,15 @@ class SplitDetector:
             start += size
         return out
 
-    def _heads(self, features: OrderedDict[str, torch.Tensor], n: int) -> list[Output]:
+    def _heads(self, features: OrderedDict[str, torch.Tensor], n: int, keep_proposals: bool = False
+               ) -> list[Output]:
         """RPN, box head and postprocessing (GeneralizedRCNN.forward after the backbone) for n copies."""
         images = self._images
         if n > 1:
             images = ImageList(_repeat(images.tensors, n), list(images.image_sizes) * n)
         proposals, _ = self.model.rpn(images, features)
+        if keep_proposals:
+            self.proposals = proposals[0]
         detections, _ = self.model.roi_heads(features, proposals, images.image_sizes)
         return self.model.transform.postprocess(detections, images.image_sizes, [self._orig_size] * n)
 

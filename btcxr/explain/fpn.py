@@ -116,25 +116,33 @@ class UpsampledConv3x3:
 
 def fpn_from_level(fpn: FeaturePyramidNetwork, inputs: OrderedDict[str, torch.Tensor], level: int,
                    old_features: OrderedDict[str, torch.Tensor], old_top_down: list[torch.Tensor],
-                   convs: dict[int, UpsampledConv3x3] | None = None) -> OrderedDict[str, torch.Tensor]:
+                   convs: dict[int, UpsampledConv3x3] | None = None, keep: list[str] | None = None
+                   ) -> OrderedDict[str, torch.Tensor]:
     """FPN outputs for a batch whose inputs changed at input level `level` and above only.
 
     inputs: the batch's FPN inputs (the levels below `level` may be stride-0 repeats of one image);
     old_features / old_top_down: `fpn_forward` of that one image before the change (batch 1);
-    convs: a cache of the UpsampledConv3x3 of each finer level, filled on first use.
+    convs: a cache of the UpsampledConv3x3 of each finer level, filled on first use;
+    keep: the outputs wanted (None: all of them, extra blocks included); the others are left out.
     """
     convs = {} if convs is None else convs
     names = list(inputs.keys())
     values = list(inputs.values())
     n = values[level].shape[0]
+    wanted = set(names) if keep is None else set(keep)
+    results: OrderedDict[str, torch.Tensor] = OrderedDict()
     last_inner = fpn.get_result_from_inner_blocks(values[-1], -1)
-    results = [fpn.get_result_from_layer_blocks(last_inner, -1)]
+    if names[-1] in wanted:
+        results[names[-1]] = fpn.get_result_from_layer_blocks(last_inner, -1)
     for idx in range(len(values) - 2, level - 1, -1):
         inner_lateral = fpn.get_result_from_inner_blocks(values[idx], idx)
         last_inner = inner_lateral + F.interpolate(last_inner, size=inner_lateral.shape[-2:], mode="nearest")
-        results.insert(0, fpn.get_result_from_layer_blocks(last_inner, idx))
+        if names[idx] in wanted:
+            results[names[idx]] = fpn.get_result_from_layer_blocks(last_inner, idx)
     delta = last_inner - old_top_down[level]
     for idx in range(level - 1, -1, -1):
+        if names[idx] not in wanted:
+            continue
         factor = 2 ** (level - idx)
         old = old_features[names[idx]]
         if old.shape[-2:] != (delta.shape[-2] * factor, delta.shape[-1] * factor):
@@ -143,7 +151,9 @@ def fpn_from_level(fpn: FeaturePyramidNetwork, inputs: OrderedDict[str, torch.Te
             convs[idx] = UpsampledConv3x3(_single_conv(fpn.layer_blocks[idx]).weight, factor)
         new = old.repeat(n, 1, 1, 1)
         convs[idx].add_to(new, delta)
-        results.insert(0, new)
-    if fpn.extra_blocks is not None:
-        results, names = fpn.extra_blocks(results, values, names)
-    return OrderedDict(zip(names, results))
+        results[names[idx]] = new
+    ordered = OrderedDict((name, results[name]) for name in names if name in results)
+    if keep is None and fpn.extra_blocks is not None:
+        outputs, out_names = fpn.extra_blocks(list(ordered.values()), values, names)
+        return OrderedDict(zip(out_names, outputs))
+    return ordered

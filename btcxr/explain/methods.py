@@ -21,7 +21,7 @@ from pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transfo
 from torch import nn
 
 from btcxr.errors import BtcxrError
-from btcxr.explain.ablation import AblationCAM
+from btcxr.explain.ablation import DEFAULT_MODE, AblationCAM
 from btcxr.explain.base import DEFAULT_LAYER, DetectorCAM, get_module, scale_heatmaps
 from btcxr.explain.targets import FasterRCNNBoxTarget
 
@@ -94,10 +94,10 @@ class EigenCAM(_PackageCAM):
 
 
 def build_cam(method: str, model: nn.Module, layer: str = DEFAULT_LAYER, ratio: float = 0.5,
-              batch_size: int = 32) -> DetectorCAM:
-    """The CAM object for `--method` (ratio and batch_size concern Ablation-CAM only)."""
+              batch_size: int = 32, ablation_mode: str = DEFAULT_MODE) -> DetectorCAM:
+    """The CAM object for `--method` (ratio, batch_size and ablation_mode concern Ablation-CAM only)."""
     if method == "ablation":
-        return AblationCAM(model, layer, ratio=ratio, batch_size=batch_size)
+        return AblationCAM(model, layer, ratio=ratio, batch_size=batch_size, mode=ablation_mode)
     if method == "gradcam":
         return GradCAM(model, layer)
     if method == "eigencam":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from btcxr.data.classes import NO_FINDING, VINDR_CLASSES
-from btcxr.engine.io import ensure_dir, write_csv, write_json, write_text
+from btcxr.engine.io import ensure_dir, write_bytes, write_csv, write_json, write_text
 from btcxr.errors import BtcxrError
+from btcxr.explain.ablation import DEFAULT_MODE
 from btcxr.explain.base import DEFAULT_LAYER, DetectorCAM, Explanation
-from btcxr.explain.figures import box_figure, grid_figure
+from btcxr.explain.figures import box_figure, grid_figure, heatmap_png
 from btcxr.explain.localisation import (
     RECORD_COLUMNS,
     empty_entry,
@@ -50,7 +52,7 @@ from btcxr.logs import progress_disabled
 log = logging.getLogger(__name__)
 
 BOX_COLUMNS = ["image_id", "model", "box", "class_id", "class_name", "score", "x_min", "y_min", "x_max", "y_max",
-               "figure", "gt_iou", "energy_in_box", "pointing_game"]
+               "figure", "heatmap", "gt_iou", "energy_in_box", "pointing_game"]
 SKIP_COLUMNS = ["image_id", "model", "reason"]
 
 
@@ -157,6 +159,9 @@ class _Session:
                                    "class_name": name, "score": float(e.scores[k])}
             row |= dict(zip(["x_min", "y_min", "x_max", "y_max"], (e.boxes[k] * to_original).tolist()))
             row["figure"] = ""
+            heatmap = self.out / "heatmaps" / _slug(image_id) / f"{_slug(label)}_box{k}.png"
+            write_bytes(heatmap, heatmap_png(e.heatmaps[k]), durable=False)  # the case browser's overlay
+            row["heatmap"] = heatmap.relative_to(self.out).as_posix()
             if figures:
                 path = self.out / "boxes" / _slug(image_id) / f"{_slug(label)}_box{k}_{_slug(name)}.png"
                 gt_boxes = [] if gt is None else gt.boxes
@@ -223,8 +228,31 @@ def _to_display(e: Explanation, image: torch.Tensor, display_hw: tuple[int, int]
     return Explanation(e.boxes * factor, e.class_id, e.scores, maps)
 
 
-def _setup(checkpoints, labels, method, layer, score_thr, top_k, ratio, batch_size, device, out_dir
-           ) -> tuple[list[Detector], list[DetectorCAM], Path]:
+class _Rate:
+    """Logs images per hour and the time left over a split: at the first image, then every minute."""
+
+    def __init__(self, total: int, split: str, every_s: float = 60.0) -> None:
+        self.total, self.split, self.every_s = total, split, every_s
+        self.start = self.last = time.perf_counter()
+
+    def report(self, done: int) -> None:
+        now = time.perf_counter()
+        if done == 0 or (done < self.total and now - self.last < self.every_s):
+            return
+        self.last = now
+        per_hour = done / max(now - self.start, 1e-9) * 3600
+        left = (self.total - done) / per_hour * 3600 if per_hour else float("inf")
+        log.info("explain %s: %d of %d images, %.0f images per hour, %s left", self.split, done, self.total,
+                 per_hour, _duration(left))
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min" if seconds >= 3600 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def _setup(checkpoints, labels, method, layer, score_thr, top_k, ratio, batch_size, device, out_dir,
+           ablation_mode) -> tuple[list[Detector], list[DetectorCAM], Path]:
     from btcxr.engine.runtime import resolve_device
 
     if not 0 <= score_thr <= 1:
@@ -237,16 +265,20 @@ def _setup(checkpoints, labels, method, layer, score_thr, top_k, ratio, batch_si
     for d in detectors:
         # Boxes below the detector's own output threshold would never reach us.
         d.model.roi_heads.score_thresh = min(float(d.model.roi_heads.score_thresh), score_thr)
-        cams.append(build_cam(method, d.model, layer, ratio=ratio, batch_size=batch_size))
+        cams.append(build_cam(method, d.model, layer, ratio=ratio, batch_size=batch_size,
+                              ablation_mode=ablation_mode))
     out = ensure_dir(out_dir)
     log.info("explaining with %s at %s on %s: %s", method, cams[0].layer.name, dev,
              ", ".join(f"{d.label} ({d.path})" for d in detectors))
     return detectors, cams, out
 
 
-def _settings(method, layer, score_thr, top_k, ratio, tolerance, n_boot, **extra) -> dict[str, Any]:
+def _settings(method, layer, score_thr, top_k, ratio, ablation_mode, tolerance, n_boot, **extra
+              ) -> dict[str, Any]:
     return {"method": method, "layer": layer, "score_thr": score_thr, "top_k": top_k,
-            "ratio": ratio if method == "ablation" else None, "iou_thr": 0.5, "pointing_tolerance_px": tolerance,
+            "ratio": ratio if method == "ablation" else None,
+            "ablation_mode": ablation_mode if method == "ablation" else None, "iou_thr": 0.5,
+            "pointing_tolerance_px": tolerance,
             "bootstrap": n_boot, "level": 0.95} | extra
 
 
@@ -269,6 +301,7 @@ def _ground_truth(cache: str | Path) -> tuple[dict[str, _GroundTruth], dict[str,
 def explain_images(checkpoints: Sequence[str | Path], images: Sequence[str | Path], out_dir: str | Path, *,
                    labels: Sequence[str] | None = None, method: str = "ablation", layer: str = DEFAULT_LAYER,
                    score_thr: float = 0.3, top_k: int = 10, ratio: float = 0.5, batch_size: int = 32,
+                  ablation_mode: str = DEFAULT_MODE,
                    device: str = "auto", cache: str | Path | None = None, figures: bool = True,
                    tolerance: float = 0.0, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Explain every box of every image (files or folders) for each checkpoint; see the module docstring.
@@ -281,7 +314,7 @@ def explain_images(checkpoints: Sequence[str | Path], images: Sequence[str | Pat
 
     files, ids = find_images(images)
     detectors, cams, out = _setup(checkpoints, labels, method, layer, score_thr, top_k, ratio, batch_size,
-                                  device, out_dir)
+                                  device, out_dir, ablation_mode)
     truth, sizes = _ground_truth(cache) if cache else ({}, {})
     session = _Session(detectors, cams, out, method, cams[0].layer.name, score_thr, top_k, tolerance)
     display_size = max(d.size for d in detectors)
@@ -300,13 +333,14 @@ def explain_images(checkpoints: Sequence[str | Path], images: Sequence[str | Pat
         elif cache:
             log.info("%s is not in %s: no ground truth drawn or scored", image_id, cache)
         session.add_image(image_id, display, inputs, to_original, gt, figures)
-    settings = _settings(method, session.layer, score_thr, top_k, ratio, tolerance, n_boot)
+    settings = _settings(method, session.layer, score_thr, top_k, ratio, ablation_mode, tolerance, n_boot)
     return session.finish(settings, bool(cache), n_boot, seed)
 
 
 def explain_split(checkpoints: Sequence[str | Path], cache: str | Path, split: str, out_dir: str | Path, *,
                   labels: Sequence[str] | None = None, method: str = "ablation", layer: str = DEFAULT_LAYER,
                   score_thr: float = 0.3, top_k: int = 10, ratio: float = 0.5, batch_size: int = 32,
+                  ablation_mode: str = DEFAULT_MODE,
                   device: str = "auto", max_images: int | None = None, grid_images: int = 8,
                   tolerance: float = 0.0, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Localisation score of each checkpoint's heatmaps over the images of a cache split that hold finding
@@ -319,16 +353,19 @@ def explain_split(checkpoints: Sequence[str | Path], cache: str | Path, split: s
         raise BtcxrError(f"--max-images must be at least 1, got {max_images}")
     dataset = VindrDetection(cache, split)
     detectors, cams, out = _setup(checkpoints, labels, method, layer, score_thr, top_k, ratio, batch_size,
-                                  device, out_dir)
+                                  device, out_dir, ablation_mode)
     session = _Session(detectors, cams, out, method, cams[0].layer.name, score_thr, top_k, tolerance)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     resizers = [eval_transform(d.size) for d in detectors]
+    rate = _Rate(n, split)
     for index in tqdm(range(n), desc=f"explain {split}", disable=progress_disabled(), dynamic_ncols=True):
+        rate.report(index)
         image, target = dataset[index]
         inputs = [resize(image, {})[0] for resize in resizers]
         gt = _GroundTruth(target["boxes"].numpy().astype(np.float64), target["labels"].numpy())
         session.add_image(target["image_id"], image[0].numpy(), inputs, 1.0 / float(target["scale"]), gt,
                           figures=index < grid_images)
-    settings = _settings(method, session.layer, score_thr, top_k, ratio, tolerance, n_boot, split=split,
+    rate.report(n)
+    settings = _settings(method, session.layer, score_thr, top_k, ratio, ablation_mode, tolerance, n_boot, split=split,
                          cache=str(cache))
     return session.finish(settings, True, n_boot, seed)

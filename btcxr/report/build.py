@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,8 +73,9 @@ class _Report:
 def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "imagenet",
                  localisation: dict | None = None, cam_grids: Sequence[Path] = (),
                  configs: dict[str, Path] | None = None, versions: dict[str, str] | None = None,
-                 notes: Sequence[str] = (), candidate: str = "btcxr") -> Path:
+                 notes: Sequence[str] = (), candidate: str = "btcxr", browser: Path | None = None) -> Path:
     """Write out_dir/index.html, out_dir/results.md and out_dir/figures/*.png; return the index path.
+    browser: the index.html of a case browser (btcxr browse) the CAM section links to.
 
     `results` has one row per run (the columns of results.csv); `baseline` is the init every other init is
     compared with (paired over seeds); `candidate` is the init the automatic summary is about.
@@ -104,7 +106,7 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
     _label_efficiency_section(rep, det_summary, probe_summary, probe_group, fig_dir, colours)
     _per_class_section(rep, det, fig_dir, order, colours)
     _training_section(rep, det, out_dir, fig_dir, colours)
-    _cam_section(rep, cam_grids, fig_dir)
+    _cam_section(rep, cam_grids, fig_dir, out_dir, browser)
     _localisation_section(rep, localisation)
     _probe_section(rep, probe, probe_summary, probe_group, baseline, order)
     _probe_curve_section(rep, runs[runs["kind"] == "probe_curve"], probe, fig_dir, colours)
@@ -423,8 +425,12 @@ def _training_section(rep, det, out_dir, fig_dir, colours) -> None:
 
 
 # ------------------------------------------------------------------------------- CAMs, localisation
-def _cam_section(rep, cam_grids, fig_dir) -> None:
+def _cam_section(rep, cam_grids, fig_dir, out_dir: Path, browser: Path | None) -> None:
     parts, missing = [], []
+    if browser is not None:
+        href = Path(os.path.relpath(browser, out_dir)).as_posix()
+        parts.append(H.link_paragraph("Every test image with its ground truth, each model's detections and "
+                                      "heatmaps, side by side: ", href, "the case browser", "."))
     for k, src in enumerate(map(Path, cam_grids)):
         if not src.is_file():
             missing.append(str(src))

@@ -59,6 +59,7 @@ class LocalisationSection:
     max_images: int = 50
     layer: str = "layer3"
     ratio: float = 0.5       # grad-cam's ratio_channels_to_ablate (0.5 ablates every channel)
+    ablation_mode: str = "exact"  # or "box": faster, approximate (docs/explain.md)
     score_thr: float = 0.3
     inits: list[str] = field(default_factory=lambda: ["imagenet", "btcxr"])
 

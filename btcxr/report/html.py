@@ -68,6 +68,10 @@ def paragraph(text: str, cls: str | None = None) -> str:
     return f"<p{attr}>{esc(text)}</p>\n"
 
 
+def link_paragraph(before: str, href: str, text: str, after: str = "") -> str:
+    return f'<p>{esc(before)}<a href="{esc(href)}">{esc(text)}</a>{esc(after)}</p>\n'
+
+
 def bullets(items: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>\n" if items else ""
 

@@ -475,6 +475,26 @@ def collect_results(ctx: Context) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------ localisation
+def build_browser(ctx: Context) -> Path | None:
+    """OUT/browse: the case browser of the VinDr test split with each init's run at the largest size and
+    label fraction, first seed (the runs the localisation explains), and their heatmaps."""
+    from btcxr.browse.site import Model, build_site
+
+    size, fraction, seed = max(ctx.exp.sizes), max(ctx.exp.fractions), ctx.exp.seeds[0]
+    models = []
+    for init in ctx.inits:
+        run_dir = ctx.out / "runs" / DetectionRun(init, size, fraction, seed).run_id
+        if (run_dir / DONE).exists() and (run_dir / "test_predictions.csv").is_file():
+            models.append(Model(init, run_dir / "test_predictions.csv"))
+    if not models:
+        return None
+    boxes = ctx.out / "localisation" / "boxes.csv"
+    # heatmap files exist from this version of `btcxr explain` on; an older localisation stage shows none
+    with_heatmaps = boxes.is_file() and "heatmap" in boxes.read_text().split("\n", 1)[0].split(",")
+    cams = [boxes.parent] if with_heatmaps else []
+    return build_site(ctx.vindr_cache, ["test"], models, ctx.out / "browse", cams=cams)
+
+
 def run_localisation(ctx: Context, results: pd.DataFrame) -> tuple[dict | None, list[Path]]:
     """Ablation-CAM of the chosen inits' detectors on the test split: the score and the CAM grids."""
     loc = ctx.exp.localisation
@@ -497,14 +517,17 @@ def run_localisation(ctx: Context, results: pd.DataFrame) -> tuple[dict | None, 
     if not checkpoints:
         return None, []
     out = ctx.out / "localisation"
-    key = fingerprint({"checkpoints": {k: str(v) for k, v in checkpoints.items()}, "runs": runs, "layer": loc.layer,
-                       "ratio": loc.ratio, "score_thr": loc.score_thr, "max_images": loc.max_images,
-                       "grids": ctx.exp.cam_examples})
+    settings = {"checkpoints": {k: str(v) for k, v in checkpoints.items()}, "runs": runs, "layer": loc.layer,
+                "ratio": loc.ratio, "score_thr": loc.score_thr, "max_images": loc.max_images,
+                "grids": ctx.exp.cam_examples}
+    if loc.ablation_mode != "exact":  # localisations made before the modes existed were exact: still valid
+        settings["ablation_mode"] = loc.ablation_mode
+    key = fingerprint(settings)
     if not _is_done(out, key):
         ensure_dir(out, "localisation folder")
         explain_split(list(checkpoints.values()), ctx.vindr_cache, "test", out, labels=list(checkpoints),
-                      layer=loc.layer, ratio=loc.ratio, score_thr=loc.score_thr, max_images=loc.max_images,
-                      grid_images=ctx.exp.cam_examples)
+                      layer=loc.layer, ratio=loc.ratio, ablation_mode=loc.ablation_mode, score_thr=loc.score_thr,
+                      max_images=loc.max_images, grid_images=ctx.exp.cam_examples)
         _mark_done(out, key)
     summary = json.loads((out / "localisation.json").read_text())
     grids = sorted((out / "grids").glob("*.png")) if (out / "grids").exists() else []
@@ -556,9 +579,10 @@ def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                         "this command with any shard index then)", len(results), expected)
             return None
         localisation, grids = run_localisation(ctx, results)
+        browser = build_browser(ctx)
         index = build_report(out / "report", results, baseline=ctx.baseline, localisation=localisation,
                              cam_grids=grids, configs={k: v for k, v in ctx.configs.items() if v.exists()},
-                             versions=library_versions(), notes=ctx.notes)
+                             versions=library_versions(), notes=ctx.notes, browser=browser)
     log.info("report: %s", index)
     return index
 
