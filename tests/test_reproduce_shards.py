@@ -160,8 +160,9 @@ def test_two_shard_processes_started_together_write_one_correct_results_csv_and_
     assert results.loc[results["kind"] == "probe", "mean_auroc"].notna().all()
     assert text.count("\n") == len(expected) + 1            # the header and one line per run, nothing else
 
-    reports = list(out.rglob("index.html"))
-    assert reports == [out / "report" / "index.html"]
+    pages = sorted(out.rglob("index.html"))
+    assert pages == [out / "browse" / "index.html", out / "report" / "index.html"]  # one report, one browser
+    reports = pages[1:]
     assert any(f"report: {reports[0]}" in log for log in logs)
     html = reports[0].read_text()
     assert html.rstrip().endswith("</html>") and "Detection: test mAP50" in html

@@ -262,3 +262,23 @@ def test_two_rank_finetune_resumes_bit_identical_with_every_ranks_rng(tmp_path):
         assert torch.equal(value, resumed["model"][key]), key
     rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows if r["phase"] == "epoch"] == [1, 2, 3]
+
+
+def test_process_group_backend_can_be_chosen_and_a_bad_one_is_named(monkeypatch):
+    """BTCXR_DIST_BACKEND: gloo for two ranks on one GPU (NCCL refuses them); an unknown name is refused
+    before any process group is made."""
+    from btcxr.engine import distributed
+    from btcxr.errors import BtcxrError
+
+    made = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: made.append(backend))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("BTCXR_DIST_BACKEND", "gloo")
+    env = distributed.init_distributed("cpu")
+    assert made == ["gloo"] and env.rank == 1 and env.world_size == 2
+    monkeypatch.setenv("BTCXR_DIST_BACKEND", "mpi")
+    with pytest.raises(BtcxrError, match="BTCXR_DIST_BACKEND='mpi': use nccl or gloo"):
+        distributed.init_distributed("cpu")
+    assert made == ["gloo"]
