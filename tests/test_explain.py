@@ -182,18 +182,23 @@ def test_cut_forward_all_fpn_levels(model, image):
 
 
 # ------------------------------------------------------------------------------------------ box-local mode
+def _zeroing(k: int):
+    """A forward hook that sets channel k of the module's output to zero (the ablation, done plainly)."""
+    def zero(_module, _inputs, output):
+        output = output.clone()
+        output[:, k] = 0
+        return output
+
+    return zero
+
+
 def _fixed_proposal_outputs(model, image, layer: str, channels, proposals):
     """Reference for the box-local mode: the whole model with channel k of `layer` zeroed (a hook, one
     copy per channel) and the RPN replaced by the given proposals, through torchvision's own RoIHeads."""
     module = get_module(model, resolve_layer(model, layer).module_path)
     outputs = []
     for k in channels:
-        def zero(_m, _i, output, k=k):
-            output = output.clone()
-            output[:, k] = 0
-            return output
-
-        handle = module.register_forward_hook(zero)
+        handle = module.register_forward_hook(_zeroing(k))
         try:
             with torch.no_grad():
                 images, _ = model.transform([image])
@@ -297,12 +302,7 @@ def test_weights_are_the_relative_drop_of_the_box_score(model, image):
     y = np.array([float(t(out)) for t in targets])
     layer3 = model.backbone.body.layer3
     for k in chosen[:3]:
-        def zero(_m, _i, output, k=k):
-            output = output.clone()
-            output[:, k] = 0
-            return output
-
-        handle = layer3.register_forward_hook(zero)
+        handle = layer3.register_forward_hook(_zeroing(k))
         try:
             with torch.no_grad():
                 ablated = model([image])[0]

@@ -52,8 +52,7 @@ class CandidateHeads:
         self.heads = model.roi_heads
         self.pooler = self.heads.box_roi_pool
         self.image_size = tuple(image_size)
-        self.orig_size = tuple(orig_size)
-        self.pooler(features, [proposals[:1]], [self.image_size])  # let torchvision set up its scales
+        self.orig_size = tuple(orig_size)  # the pooler's scales were set up by the detector's own first pass
         self.candidates = self._candidates(proposals, features, targets)
         used = sorted(set(self.pooler.map_levels([self.candidates]).flatten().tolist())) if len(self.candidates) else []
         self.levels = [self.pooler.featmap_names[int(i)] for i in used]  # the FPN outputs the heads read
@@ -63,7 +62,7 @@ class CandidateHeads:
         """The proposals whose box for some target's class overlaps that target by CANDIDATE_IOU."""
         if not targets or not len(proposals):
             return proposals[:0]
-        logits, regression = self._score(features, proposals, 1)
+        _, regression = self._score(features, proposals, 1)
         boxes = self.heads.box_coder.decode(regression, [proposals])  # (m, classes, 4)
         scale = proposals.new_tensor([self.image_size[1] / self.orig_size[1], self.image_size[0] / self.orig_size[0]] * 2)
         keep = torch.zeros(len(proposals), dtype=torch.bool, device=proposals.device)

@@ -490,7 +490,7 @@ def build_browser(ctx: Context) -> Path | None:
         return None
     boxes = ctx.out / "localisation" / "boxes.csv"
     # heatmap files exist from this version of `btcxr explain` on; an older localisation stage shows none
-    with_heatmaps = boxes.is_file() and "heatmap" in boxes.read_text().split("\n", 1)[0].split(",")
+    with_heatmaps = boxes.is_file() and "heatmap" in boxes.open().readline().rstrip("\n").split(",")
     cams = [boxes.parent] if with_heatmaps else []
     return build_site(ctx.vindr_cache, ["test"], models, ctx.out / "browse", cams=cams)
 
