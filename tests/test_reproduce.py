@@ -9,8 +9,9 @@ import torch
 
 from btcxr.engine.checkpoint import load_checkpoint
 from btcxr.errors import BtcxrError
-from btcxr.report import reproduce as rp
-from btcxr.report.experiment import DetectionRun, Experiment, detection_grid, load_experiment, shard
+from btcxr.experiment import local as launcher
+from btcxr.experiment import stages as rp
+from btcxr.experiment.spec import DetectionRun, Experiment, detection_grid, load_experiment, shard
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 
@@ -71,8 +72,10 @@ def test_shipped_synthetic_experiment_has_every_arm_offline(monkeypatch, tmp_pat
     below 10 %, both fine-tuning rules there and the probe curve, with the stand-in in place of ImageNet."""
     _no_imagenet(monkeypatch)
     exp = load_experiment(CONFIGS / "synthetic.yaml")
-    ctx = rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path)
+    # planned as a launcher does: the stand-in's data and pre-training are noted as to do, not run
+    ctx = rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path, stages=(), planning=True)
     rp.check_imagenet(ctx, {"resnet18"})
+    assert ctx.pending == {"data", "pretrain"} and not (tmp_path / "data").exists()
     assert ctx.inits == {"random": "random", "imagenet": "imagenet", "btcxr": "btcxr", "supervised": "supervised"}
     assert ctx.imagenet_replaced is None and "stand-in" in ctx.notes[-1]
     assert len(exp.seeds) >= 3 and min(exp.fractions) <= 0.1 and exp.probe.curve_fraction
@@ -139,7 +142,7 @@ def finished(tmp_path, monkeypatch):
     out = tmp_path / "out"
     fake = FakeFinetune()
     monkeypatch.setattr("btcxr.detect.train.finetune", fake)
-    rp.reproduce(exp_path, out=out)
+    launcher.reproduce(exp_path, out=out)
     fake.calls.clear()
     return exp_path, out, fake
 
@@ -150,11 +153,11 @@ def test_shards_resume_and_never_redo_a_finished_run(tmp_path, monkeypatch):
     fake = FakeFinetune(die_on="det_random_s96_f1_seed1")
     monkeypatch.setattr("btcxr.detect.train.finetune", fake)
 
-    assert rp.reproduce(exp_path, out=out, shard_index=1, shard_count=2) is None  # half the grid is missing
+    assert launcher.reproduce(exp_path, out=out, shard_index=1, shard_count=2) is None  # half the grid is missing
     assert len(pd.read_csv(out / "results.csv")) == 4 and not (out / "report").exists()
     with pytest.raises(RuntimeError, match="killed"):  # shard 0 dies in the middle of its last run
-        rp.reproduce(exp_path, out=out, shard_index=0, shard_count=2)
-    index = rp.reproduce(exp_path, out=out, shard_index=0, shard_count=2)
+        launcher.reproduce(exp_path, out=out, shard_index=0, shard_count=2)
+    index = launcher.reproduce(exp_path, out=out, shard_index=0, shard_count=2)
     assert index is not None and index.exists()
     ran = [name for name, _ in fake.calls]
     assert len(ran) == 9 and ran.count("det_random_s96_f1_seed1") == 2   # 8 runs, one of them twice
@@ -167,7 +170,7 @@ def test_shards_resume_and_never_redo_a_finished_run(tmp_path, monkeypatch):
     assert row["ap50/Cardiomegaly"] == pytest.approx(row["map50"])
 
     fake.calls.clear()
-    assert rp.reproduce(exp_path, out=out) == index          # everything finished: nothing is redone
+    assert launcher.reproduce(exp_path, out=out) == index          # everything finished: nothing is redone
     assert fake.calls == []
     html = index.read_text()
     assert "Detection: test mAP50" in html and "btcxr" in html
@@ -175,7 +178,7 @@ def test_shards_resume_and_never_redo_a_finished_run(tmp_path, monkeypatch):
 
 def test_a_changed_setting_reruns_only_the_runs_it_touches(finished):
     exp_path, out, fake = finished
-    rp.reproduce(exp_path, ["seeds=[0, 1, 2]"], out=out)
+    launcher.reproduce(exp_path, ["seeds=[0, 1, 2]"], out=out)
     assert sorted(name for name, _ in fake.calls) == sorted(
         f"det_{i}_s96_f{f}_seed2" for i in ("random", "btcxr") for f in ("0.5", "1"))
 
@@ -191,9 +194,9 @@ def test_report_lists_the_finetune_config_when_every_run_was_finished_earlier(tm
         return fake(cfg, out_dir, resume)
 
     monkeypatch.setattr("btcxr.detect.train.finetune", finetune_writing_config)
-    rp.reproduce(exp_path, out=out)
+    launcher.reproduce(exp_path, out=out)
     fake.calls.clear()
-    html = rp.reproduce(exp_path, out=out).read_text()   # nothing redone, report rewritten
+    html = launcher.reproduce(exp_path, out=out).read_text()   # nothing redone, report rewritten
     assert fake.calls == []
     configs = html[html.index("<h2>Configs</h2>"):]
     assert "finetune: " in configs and "experiment: " in configs
@@ -203,11 +206,11 @@ def test_a_run_finished_with_other_settings_does_not_count_as_finished(tmp_path,
     exp_path = _fake_experiment(tmp_path)
     out = tmp_path / "out"
     monkeypatch.setattr("btcxr.detect.train.finetune", FakeFinetune())
-    rp.reproduce(exp_path, out=out)
+    launcher.reproduce(exp_path, out=out)
     stale = out / "runs" / "det_random_s96_f0.5_seed0" / rp.DONE   # shard 0's run (grid index 0)
     stale.write_text(json.dumps({"fingerprint": "other-settings"}))
     # Shard 1 must not write the report while shard 0 has still to redo that run.
-    assert rp.reproduce(exp_path, out=out, shard_index=1, shard_count=2) is None
+    assert launcher.reproduce(exp_path, out=out, shard_index=1, shard_count=2) is None
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 7 and "det_random_s96_f0.5_seed0" not in set(results["run_id"])
 
@@ -309,18 +312,18 @@ def test_demo_pipeline_end_to_end(tmp_path, monkeypatch):
 
 def test_changed_settings_start_afresh_and_keep_the_old_run_aside(finished):
     exp_path, out, fake = finished
-    rp.reproduce(exp_path, ["finetune.overrides=[optim.epochs=3]"], out=out)
+    launcher.reproduce(exp_path, ["finetune.overrides=[optim.epochs=3]"], out=out)
     assert len(fake.calls) == 8 and not any(resume for _, resume in fake.calls)  # fresh, not resumed
     assert len(list((out / "runs").glob("det_*.stale-*"))) == 8
-    rp.reproduce(exp_path, out=out)                                             # back to the first settings
-    rp.reproduce(exp_path, ["finetune.overrides=[optim.epochs=3]"], out=out)   # ... and again
+    launcher.reproduce(exp_path, out=out)                                             # back to the first settings
+    launcher.reproduce(exp_path, ["finetune.overrides=[optim.epochs=3]"], out=out)   # ... and again
     assert len(list((out / "runs").glob("det_*.stale-*"))) == 24
 
 
 def test_a_new_backbone_reruns_only_the_runs_that_use_it(finished):
     exp_path, out, fake = finished
     (exp_path.parent / "backbone.pth").write_bytes(b"other weights")  # pre-training produced another backbone
-    rp.reproduce(exp_path, out=out)
+    launcher.reproduce(exp_path, out=out)
     assert sorted(name for name, _ in fake.calls) == sorted(
         f"det_btcxr_s96_f{f}_seed{s}" for f in ("0.5", "1") for s in (0, 1))
 
@@ -362,7 +365,7 @@ def test_offline_arms_stand_in_for_imagenet_and_add_the_positive_control(tmp_pat
     monkeypatch.setattr("btcxr.ssl.train.pretrain", pre)
     monkeypatch.setattr("btcxr.detect.train.finetune", finetune)
     out = tmp_path / "out"
-    index = rp.reproduce(exp_path, out=out, workers=1)
+    index = launcher.reproduce(exp_path, out=out, workers=1)
 
     natural = str(out / "pretrain_natural" / "backbone.pth")
     runs = {c["run"]: c for c in pre.calls}
@@ -383,7 +386,7 @@ def test_offline_arms_stand_in_for_imagenet_and_add_the_positive_control(tmp_pat
 
     pre.calls.clear()
     fine.calls.clear()
-    assert rp.reproduce(exp_path, out=out, workers=1) == index  # nothing is redone
+    assert launcher.reproduce(exp_path, out=out, workers=1) == index  # nothing is redone
     assert pre.calls == [] and fine.calls == []
 
 
@@ -396,7 +399,7 @@ def test_the_fine_tuning_rule_is_a_factor_of_the_grid(tmp_path, monkeypatch):
         return fake(cfg, out_dir, resume)
 
     monkeypatch.setattr("btcxr.detect.train.finetune", finetune)
-    rp.reproduce(exp_path, out=tmp_path / "out")
+    launcher.reproduce(exp_path, out=tmp_path / "out")
     # the paper's rule everywhere; every layer and batch norm trained for the pre-trained init at 50 %
     assert settings["det_btcxr_s96_f0.5_seed0_all"] == settings["det_btcxr_s96_f0.5_seed1_all"] == (5, "bn")
     assert settings["det_btcxr_s96_f0.5_seed0"] == (None, "auto") and len(settings) == 8 + 2
@@ -446,7 +449,7 @@ def test_probe_curve_over_pre_training_steps_between_floor_and_ceiling(tmp_path,
     monkeypatch.setattr("btcxr.ssl.train.pretrain", fake_pretrain)
     monkeypatch.setattr("btcxr.classify.train.probe", fake_probe)
     monkeypatch.setattr("btcxr.detect.train.finetune", FakeFinetune())
-    index = rp.reproduce(exp_path, out=tmp_path / "out")
+    index = launcher.reproduce(exp_path, out=tmp_path / "out")
     curve = sorted(p for p in probed if p[0].startswith("curve_"))
     assert curve == [("curve_btcxr_step0", "backbone_step0.pth", "freeze"),
                      ("curve_btcxr_step2", "backbone_step2.pth", "freeze"),
@@ -474,7 +477,7 @@ def test_every_arm_runs_for_real_offline(tmp_path, monkeypatch):
                  "pretrain.overrides=[epochs=1, model.init=imagenet, 'backbone_steps=[0,1]']",
                  "finetune.overrides=[optim.epochs=1]", "probe.overrides=[optim.epochs=1]",
                  "probe.curve_fraction=1.0", "rules=[paper, all]", "localisation.enabled=false"]
-    index = rp.reproduce(CONFIGS / "demo.yaml", overrides, out=out, workers=1)
+    index = launcher.reproduce(CONFIGS / "demo.yaml", overrides, out=out, workers=1)
     results = pd.read_csv(out / "results.csv")
     det = results[results["kind"] == "detection"]
     assert sorted(det["init"]) == sorted(["random", "imagenet", "btcxr", "supervised", "imagenet (all layers)",

@@ -16,7 +16,8 @@ from test_reproduce import FakeFinetune, _fake_experiment
 from btcxr.cli import build_parser, main
 from btcxr.engine.io import is_temp_name
 from btcxr.errors import BtcxrError
-from btcxr.report import reproduce as rp
+from btcxr.experiment import local as launcher
+from btcxr.experiment import stages as rp
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "experiments" / "demo.yaml"
@@ -44,7 +45,7 @@ def test_a_bad_shard_is_refused_before_anything_starts(tmp_path, monkeypatch, ca
     def must_not_run(*args, **kwargs):
         raise AssertionError("reproduce started despite a bad --shard")
 
-    monkeypatch.setattr(rp, "reproduce", must_not_run)
+    monkeypatch.setattr(launcher, "reproduce", must_not_run)
     monkeypatch.setattr("btcxr.data.synthetic.generate", must_not_run)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
@@ -60,9 +61,10 @@ def test_the_library_refuses_a_bad_shard_before_any_stage(tmp_path, monkeypatch)
         raise AssertionError("a stage started despite a bad shard")
 
     monkeypatch.setattr(rp, "prepare_data", must_not_run)
+    monkeypatch.setattr(launcher, "open_context", must_not_run)
     for index, count in [(2, 2), (0, 0), (-1, 3)]:
         with pytest.raises(BtcxrError, match="invalid"):
-            rp.reproduce(DEMO, out=tmp_path / "out", shard_index=index, shard_count=count)
+            launcher.reproduce(DEMO, out=tmp_path / "out", shard_index=index, shard_count=count)
     assert not (tmp_path / "out").exists()
 
 
@@ -111,7 +113,7 @@ def test_shards_finishing_together_take_turns_writing_results_and_report(tmp_pat
 
     def shard(index):
         try:
-            returned[index] = rp.reproduce(exp_path, out=out, shard_index=index, shard_count=2)
+            returned[index] = launcher.reproduce(exp_path, out=out, shard_index=index, shard_count=2)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

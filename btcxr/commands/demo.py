@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from btcxr.report.reproduce import reproduce
+    from btcxr.experiment.local import reproduce
 
     started = time.time()
     report = reproduce(args.config, args.overrides, out=args.out)

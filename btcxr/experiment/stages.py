@@ -1,12 +1,11 @@
-"""`btcxr reproduce`: the paper's comparison end to end, resumable, shardable, ending in a report.
+"""The stages of an experiment (`btcxr reproduce`), each skipped when its outputs are already there with the
+same settings: data (synthesise or read the raw datasets, then prepare caches) -> pre-training (unless a
+backbone file is given) -> one detection fine-tuning run per init x size x label fraction x seed -> NIH
+probe runs -> localisation of Ablation-CAM heatmaps -> results.csv and the report.
 
-Stages, each skipped when its outputs are already there with the same settings:
-data (synthesise or read the raw datasets, then prepare caches) -> pre-training (unless a backbone file
-is given) -> one detection fine-tuning run per init x size x label fraction x seed -> NIH probe runs ->
-localisation of Ablation-CAM heatmaps -> results.csv and the report.
-
-Runs can be spread over machines: every launch with `--shard i/n` runs its share of the grid. Shared stages
-(data, pre-training) are guarded by a file lock, so the first shard does them and the others wait.
+Who runs which stage is the launcher's business (btcxr.experiment.local: this process, or one shard of the
+grid; btcxr.experiment.slurm: one SLURM job per stage). A Context says which upstream stages this process
+may run; the others it only looks up, and a missing one is an error instead of a second, concurrent run.
 """
 
 from __future__ import annotations
@@ -16,6 +15,9 @@ import fcntl
 import json
 import logging
 import math
+import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,13 @@ import pandas as pd
 from btcxr.config import config_to_dict, load_config, save_config
 from btcxr.engine.io import ensure_dir, remove_temp_files, write_csv, write_json
 from btcxr.errors import BtcxrError
-from btcxr.report.experiment import (
+from btcxr.experiment.spec import (
+    RULES,
     DetectionRun,
     Experiment,
     detection_grid,
     fingerprint,
     load_experiment,
-    shard,
 )
 
 log = logging.getLogger(__name__)
@@ -40,15 +42,36 @@ DONE = "done.json"
 
 # ----------------------------------------------------------------------------------------- helpers
 @contextlib.contextmanager
-def _stage_lock(out: Path, name: str):
-    """One shard at a time through a shared stage (flock works on local disks and most network ones)."""
-    ensure_dir(out, "experiment folder")
-    with open(out / f".{name}.lock", "a") as handle:  # the lock file itself holds nothing
+def _stage_lock(ctx: Context, name: str):
+    """Shards started by hand take turns through a shared stage: flock, reliable on one machine's disk.
+    Under a launcher every stage has exactly one job, so no lock is taken (flock over NFS or Lustre is not
+    to be trusted)."""
+    if not ctx.lock:
+        yield
+        return
+    ensure_dir(ctx.out, "experiment folder")
+    with open(ctx.out / f".{name}.lock", "a") as handle:  # the lock file itself holds nothing
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class StageNotFinished(BtcxrError):
+    """An upstream stage this process may not run (its job runs it) has not finished."""
+
+
+def _must_run(ctx: Context, stage: str, what: Path) -> bool:
+    """Called where `stage` has work left: True when this process runs it now. A launcher that only plans
+    notes the stage as pending; any other process that may not run it stops with a clear error."""
+    if stage in ctx.stages:
+        return True
+    if ctx.planning:
+        ctx.pending.add(stage)
+        return False
+    raise StageNotFinished(f"{what} is not finished: the {stage} stage has to finish first (its job failed "
+                               "or is still queued; rerun the launch command to resubmit it)")
 
 
 def _is_done(run_dir: Path, key: str) -> bool:
@@ -57,24 +80,32 @@ def _is_done(run_dir: Path, key: str) -> bool:
 
 
 def _mark_done(run_dir: Path, key: str, **info: Any) -> None:
-    write_json(run_dir / DONE, {"fingerprint": key, **info}, default=str)
+    if is_main_rank():  # every rank of a multi-GPU job runs the stage; one of them records it
+        write_json(run_dir / DONE, {"fingerprint": key, **info}, default=str)
+
+
+def is_main_rank() -> bool:
+    """Rank 0 of a torchrun / SLURM multi-process job, or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _start_run(run_dir: Path, key: str) -> bool:
     """Get `run_dir` ready for the run with settings `key`; True when an interrupted run is to be resumed.
 
-    A folder left by a run with other settings is moved aside (never deleted) and the run starts afresh."""
+    A folder left by a run with other settings is moved aside (never deleted) and the run starts afresh. In
+    a multi-GPU job rank 0 alone does this; the other ranks only read the same decision from the folder."""
     started = run_dir / "started.json"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        previous = json.loads(started.read_text()).get("fingerprint") if started.exists() else None
-        if previous != key:
-            stale = run_dir.with_name(f"{run_dir.name}.stale-{previous or 'unknown'}")
-            for n in range(1, 1000):  # a run may go back and forth between settings
-                if not stale.exists():
-                    break
-                stale = run_dir.with_name(f"{run_dir.name}.stale-{previous or 'unknown'}-{n}")
-            log.warning("%s holds a run with other settings: moved to %s, starting afresh", run_dir, stale.name)
-            run_dir.rename(stale)
+    previous = json.loads(started.read_text()).get("fingerprint") if started.exists() else None
+    if not is_main_rank():
+        return previous == key and (run_dir / "last.pt").exists()
+    if run_dir.exists() and any(run_dir.iterdir()) and previous != key:
+        stale = run_dir.with_name(f"{run_dir.name}.stale-{previous or 'unknown'}")
+        for n in range(1, 1000):  # a run may go back and forth between settings
+            if not stale.exists():
+                break
+            stale = run_dir.with_name(f"{run_dir.name}.stale-{previous or 'unknown'}-{n}")
+        log.warning("%s holds a run with other settings: moved to %s, starting afresh", run_dir, stale.name)
+        run_dir.rename(stale)
     ensure_dir(run_dir, "run folder")
     write_json(started, {"fingerprint": key}, indent=None)
     return (run_dir / "last.pt").exists()
@@ -96,11 +127,19 @@ def _resolve(path: str, base: Path) -> Path:
     raise BtcxrError(f"config file {path} not found (looked in . and {base})")
 
 
+UPSTREAM = ("data", "pretrain")  # the stages whose outputs the runs of the grid share
+
+
 class Context:
     """What every stage needs: the experiment, where things go, and the inits actually available."""
 
-    def __init__(self, exp: Experiment, exp_path: Path, out: Path):
+    def __init__(self, exp: Experiment, exp_path: Path, out: Path, *, stages=UPSTREAM, lock: bool = True,
+                 planning: bool = False):
         self.exp, self.exp_path, self.out = exp, exp_path, out
+        self.stages = frozenset(stages)  # the upstream stages this process may run; others are looked up
+        self.lock = lock                 # flock around shared stages (shards on one machine)
+        self.planning = planning         # a launcher's look: unfinished stages are noted in pending, not run
+        self.pending: set[str] = set()
         self.notes: list[str] = []
         self.configs: dict[str, Path] = {"experiment": out / "experiment.yaml"}
         self.vindr_cache: Path | None = None
@@ -123,28 +162,23 @@ class Context:
 
 
 # -------------------------------------------------------------------------------------------- data
-def prepare_data(ctx: Context, workers: int | None) -> None:
-    from btcxr.data.cache import PrepareSettings, prepare
-
-    d, out = ctx.exp.data, ctx.out
+def prepare_data(ctx: Context) -> None:
+    """The caches the runs read, prepared from the raw (or first synthesised) datasets."""
+    d = ctx.exp.data
     vindr_root, nih_root = d.vindr_root, d.nih_root
     if d.synthetic is not None:
-        vindr_root, nih_root = _synthesise(ctx, workers)
+        vindr_root, nih_root = _synthesise(ctx)
     needs_nih = (ctx.exp.probe.enabled or "supervised" in ctx.inits.values()
                  or ("btcxr" in ctx.inits.values() and not ctx.exp.pretrain.backbone))
-    with _stage_lock(out, "data"):
+    with _stage_lock(ctx, "data"):
         if d.vindr_cache:
             ctx.vindr_cache = Path(d.vindr_cache)
         elif vindr_root:
-            ctx.vindr_cache = out / "cache" / "vindr"
-            prepare(PrepareSettings(dataset="vindr", root=str(vindr_root), out=str(ctx.vindr_cache),
-                                    size=d.cache_size, workers=workers))
+            ctx.vindr_cache = _cache(ctx, "vindr", vindr_root, d.cache_size)
         if d.nih_cache:
             ctx.nih_cache = Path(d.nih_cache)
         elif nih_root and needs_nih:
-            ctx.nih_cache = out / "cache" / "nih"
-            prepare(PrepareSettings(dataset="nih", root=str(nih_root), out=str(ctx.nih_cache),
-                                    size=d.pretrain_size, workers=workers))
+            ctx.nih_cache = _cache(ctx, "nih", nih_root, d.pretrain_size)
     if ctx.exp.detection and ctx.vindr_cache is None:
         raise BtcxrError(f"{ctx.exp_path}: detection needs data.vindr_root, data.vindr_cache or data.synthetic")
     if needs_nih and ctx.nih_cache is None:
@@ -152,40 +186,84 @@ def prepare_data(ctx: Context, workers: int | None) -> None:
                          "data.synthetic")
 
 
-def _synthesise(ctx: Context, workers: int | None) -> tuple[Path, Path]:
+def _cache(ctx: Context, dataset: str, root: Path | str, size: int, name: str | None = None) -> Path:
+    """OUT/cache/<name>. The data stage always calls prepare (it only adds what the raw folder gained);
+    later stages look the cache up by its done marker."""
+    from btcxr.data.cache import PrepareSettings, prepare
+
+    cache = ctx.out / "cache" / (name or dataset)
+    key = fingerprint({"dataset": dataset, "root": str(root), "size": size})
+    if "data" in ctx.stages:
+        prepare(PrepareSettings(dataset=dataset, root=str(root), out=str(cache), size=size, workers=ctx.workers))
+        _mark_done(cache, key)
+    elif not _is_done(cache, key):
+        _must_run(ctx, "data", cache)
+    return cache
+
+
+def _synthesise(ctx: Context) -> tuple[Path, Path]:
     from btcxr.data.synthetic import generate
 
     syn = ctx.exp.data.synthetic
     roots = {"vindr-kaggle": ctx.out / "data" / "vindr", "nih": ctx.out / "data" / "nih"}
     counts = {"vindr-kaggle": syn.n_vindr, "nih": syn.n_nih}
-    with _stage_lock(ctx.out, "data"):
+    with _stage_lock(ctx, "data"):
         for layout, root in roots.items():
             key = fingerprint({"layout": layout, "n": counts[layout], "size": syn.size, "seed": syn.seed,
                                "normal_fraction": syn.normal_fraction})
-            if _is_done(root, key):
+            if _is_done(root, key) or not _must_run(ctx, "data", root):
                 continue
             log.info("synthesising %d %s images into %s", counts[layout], layout, root)
-            summary = generate(root, layout, n=counts[layout], size=syn.size, seed=syn.seed, workers=workers,
+            summary = generate(root, layout, n=counts[layout], size=syn.size, seed=syn.seed, workers=ctx.workers,
                                normal_fraction=syn.normal_fraction)
             _mark_done(root, key, summary=summary)
     return roots["vindr-kaggle"], roots["nih"]
 
 
+def prepare_natural(ctx: Context) -> None:
+    """The data stage's share of the ImageNet stand-in: its pictures and their cache, where it is needed."""
+    if ctx.exp.imagenet_fallback == "natural" and imagenet_unavailable(ctx, _archs(ctx)):
+        _natural_data(ctx)
+
+
+def _natural_data(ctx: Context) -> tuple[Path, str]:
+    """Dead-leaves pictures and their cache for the ImageNet stand-in: (cache, fingerprint of the data)."""
+    from btcxr.data.synthetic import generate
+
+    cd = ctx.exp.cross_domain
+    root = ctx.out / "data" / "natural"
+    data_key = fingerprint({"n": cd.n, "size": cd.size, "seed": cd.seed, "cache_size": cd.cache_size})
+    with _stage_lock(ctx, "natural"):
+        if not _is_done(root, data_key) and _must_run(ctx, "data", root):
+            log.info("synthesising %d dead-leaves pictures into %s", cd.n, root)
+            generate(root, "natural", n=cd.n, size=cd.size, seed=cd.seed, workers=ctx.workers)
+            _mark_done(root, data_key)
+        cache = _cache(ctx, "folder", root, cd.cache_size, name="natural")
+    return cache, data_key
+
+
 # ------------------------------------------------------------------------------------------- inits
-def check_imagenet(ctx: Context, archs: set[str]) -> None:
-    """Replace the ImageNet init by the configured fallback when its weights cannot be loaded here."""
+def imagenet_unavailable(ctx: Context, archs: set[str]) -> str | None:
+    """Why the ImageNet weights of an init cannot be loaded here (None: they can, or no init uses them)."""
     from btcxr.backbones import build_resnet
 
     if "imagenet" not in ctx.inits.values():
-        return
+        return None
     try:
         for arch in sorted(archs):
             build_resnet(arch, "imagenet", weights_file=ctx.exp.imagenet_weights_file)
-        return
     except BtcxrError as exc:
         if not ctx.exp.imagenet_fallback:
             raise BtcxrError(f"{exc} (or set imagenet_fallback: random in the experiment file)") from exc
-        reason = str(exc).split(" (")[0]
+        return str(exc).split(" (")[0]
+    return None
+
+
+def check_imagenet(ctx: Context, archs: set[str]) -> None:
+    """Replace the ImageNet init by the configured fallback when its weights cannot be loaded here."""
+    reason = imagenet_unavailable(ctx, archs)
+    if reason is None:
+        return
     fallback = ctx.exp.imagenet_fallback
     if fallback == "natural":
         ctx.backbones["imagenet"], ctx.backbone_keys["imagenet"] = run_cross_domain(ctx)
@@ -230,21 +308,11 @@ def _archs(ctx: Context) -> set[str]:
 
 
 def run_cross_domain(ctx: Context) -> tuple[Path, str]:
-    """The ImageNet stand-in: dead-leaves pictures, their cache, Barlow Twins on them from random init."""
-    from btcxr.data.cache import PrepareSettings, prepare
-    from btcxr.data.synthetic import generate
+    """The ImageNet stand-in: Barlow Twins from random init on the dead-leaves pictures' cache."""
     from btcxr.ssl.config import PretrainConfig
 
     cd = ctx.exp.cross_domain
-    root, cache = ctx.out / "data" / "natural", ctx.out / "cache" / "natural"
-    data_key = fingerprint({"n": cd.n, "size": cd.size, "seed": cd.seed, "cache_size": cd.cache_size})
-    with _stage_lock(ctx.out, "natural"):
-        if not _is_done(root, data_key):
-            log.info("synthesising %d dead-leaves pictures into %s", cd.n, root)
-            generate(root, "natural", n=cd.n, size=cd.size, seed=cd.seed, workers=ctx.workers)
-            _mark_done(root, data_key)
-        prepare(PrepareSettings(dataset="folder", root=str(root), out=str(cache), size=cd.cache_size,
-                                workers=ctx.workers))
+    cache, data_key = _natural_data(ctx)
     cfg = load_config(PretrainConfig, ctx.config(cd.config or ctx.exp.pretrain.config),
                       [*ctx.exp.pretrain.overrides, *cd.overrides, f"data.cache={cache}", "model.init=random"])
     return _pretrain_stage(ctx, "pretrain_natural", cfg, data_key)
@@ -298,8 +366,8 @@ def _pretrain_stage(ctx: Context, name: str, cfg, data_key: str | None = None) -
     if "imagenet" in ctx.backbones and cfg.model.init == str(ctx.backbones["imagenet"]):
         settings["start"] = ctx.backbone_keys["imagenet"]  # a redone stand-in redoes what starts from it
     key = fingerprint(settings)
-    with _stage_lock(ctx.out, name):
-        if not _is_done(run_dir, key):
+    with _stage_lock(ctx, name):
+        if not _is_done(run_dir, key) and _must_run(ctx, "pretrain", run_dir):
             log.info("%s: pre-training (%s, from %s)", name, cfg.method, cfg.model.init)
             pretrain(cfg, run_dir, resume=(run_dir / "last.pt").exists())
             _mark_done(run_dir, key, backbone=run_dir / "backbone.pth")
@@ -323,8 +391,6 @@ def detection_runs(ctx: Context) -> list[DetectionRun]:
 
 def detection_config(ctx: Context, run: DetectionRun):
     from btcxr.detect.config import FinetuneConfig
-    from btcxr.report.experiment import RULES
-
     overrides = [*ctx.exp.finetune.overrides, *_run_overrides(ctx, run.init, run.fraction, run.seed),
                  f"data.cache={ctx.vindr_cache}", f"model.size={run.size}", *RULES[run.rule]]
     return load_config(FinetuneConfig, ctx.config(ctx.exp.finetune.config), overrides)
@@ -534,55 +600,89 @@ def run_localisation(ctx: Context, results: pd.DataFrame) -> tuple[dict | None, 
     return summary, grids
 
 
-# -------------------------------------------------------------------------------------------- main
-def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (), out: str | Path | None = None,
-              shard_index: int = 0, shard_count: int = 1, workers: int | None = None) -> Path | None:
-    """Run this shard's share of the experiment; the shard that finds the grid complete writes the report.
-
-    results.csv and the report are written under the report lock, from what the shard finds on disk once it
-    holds the lock: shards finishing together take turns, and the last one to write saw every run finished
-    before it (its own and those marked done by the shards before it), so the file is never a stale view.
-    Returns the report's index.html, or None while runs of other shards are still missing.
-    """
-    from btcxr.engine.checkpoint import library_versions
-    from btcxr.report.build import build_report
-
-    shard([], shard_index, shard_count)   # a bad shard is refused before any stage starts
+# -------------------------------------------------------------------------------------------- grid
+def open_context(exp_path: str | Path, overrides=(), out: str | Path | None = None, *, workers: int | None = None,
+                 **mode: Any) -> Context:
+    """The experiment read and its folder made; `mode`: Context's stages, lock and planning."""
     exp_path = Path(exp_path)
     exp = load_experiment(exp_path, overrides)
     out = Path(out) if out else Path("runs") / "experiments" / exp.name
     ensure_dir(out, "experiment folder")
-    save_config(exp, out / "experiment.yaml")
-    ctx = Context(exp, exp_path, out)
+    ctx = Context(exp, exp_path, out, **mode)
     ctx.workers = workers
     ctx.notes.extend(exp.notes)
+    return ctx
 
-    prepare_data(ctx, workers)
+
+def run_upstream(ctx: Context) -> None:
+    """Data, the ImageNet check and every pre-training: run where ctx.stages allow it, else looked up."""
+    if "data" in ctx.stages and is_main_rank():
+        save_config(ctx.exp, ctx.out / "experiment.yaml")
+    prepare_data(ctx)
     check_imagenet(ctx, _archs(ctx))
     run_pretrain(ctx)
 
-    for run in shard(detection_runs(ctx), shard_index, shard_count):
-        run_detection(ctx, run)
-    for init, fraction, seed in shard(probe_runs(ctx), shard_index, shard_count):
-        run_probe(ctx, init, fraction, seed)
-    for init, step, path in shard(curve_runs(ctx), shard_index, shard_count):
-        run_curve_probe(ctx, init, step, path)
 
-    expected = len(detection_runs(ctx)) + len(probe_runs(ctx)) + len(curve_runs(ctx))
-    with _stage_lock(out, "report"):
-        # Only writers of results.csv hold this lock: a temporary file of it now is a killed writer's.
-        remove_temp_files(out, "results.csv")
-        results = collect_results(ctx)
-        write_csv(out / "results.csv", results)
-        if len(results) < expected:
-            log.warning("%d of %d runs finished; the report is written once the other shards are done (rerun "
-                        "this command with any shard index then)", len(results), expected)
+def grid_runs(ctx: Context, curve: bool = True) -> dict[str, Callable[[], Any]]:
+    """run id -> the call that runs it (or finds it finished), for every run of the grid in a stable order.
+    The probe curve's runs exist once the pre-trainings wrote their intermediate backbones."""
+    runs: dict[str, Callable[[], Any]] = {r.run_id: partial(run_detection, ctx, r) for r in detection_runs(ctx)}
+    runs |= {_probe_id(*p): partial(run_probe, ctx, *p) for p in probe_runs(ctx)}
+    return runs | curve_runs_to_do(ctx) if curve else runs
+
+
+def curve_runs_to_do(ctx: Context) -> dict[str, Callable[[], Any]]:
+    return {_curve_id(i, s): partial(run_curve_probe, ctx, i, s, path) for i, s, path in curve_runs(ctx)}
+
+
+def finished_runs(ctx: Context) -> set[str]:
+    """Run ids of the grid (the probe curve aside) finished with the settings they have now."""
+    done = {r.run_id for r in detection_runs(ctx)
+            if _is_done(ctx.out / "runs" / r.run_id, _run_key(ctx, r.init, config_to_dict(detection_config(ctx, r))))}
+    done |= {_probe_id(*p) for p in probe_runs(ctx)
+             if _is_done(ctx.out / "runs" / _probe_id(*p), _run_key(ctx, p[0], config_to_dict(probe_config(ctx, *p))))}
+    return done
+
+
+def _report_key(ctx: Context) -> str | None:
+    """Fingerprint of what the report shows (the experiment's settings, each run's); None while a run of
+    the grid has not finished."""
+    runs = {}
+    for run_id in grid_runs(ctx):
+        marker = ctx.out / "runs" / run_id / DONE
+        if not marker.exists():
             return None
-        localisation, grids = run_localisation(ctx, results)
-        browser = build_browser(ctx)
-        index = build_report(out / "report", results, baseline=ctx.baseline, localisation=localisation,
-                             cam_grids=grids, configs={k: v for k, v in ctx.configs.items() if v.exists()},
-                             versions=library_versions(), notes=ctx.notes, browser=browser)
+        runs[run_id] = json.loads(marker.read_text()).get("fingerprint")
+    return fingerprint({"experiment": config_to_dict(ctx.exp), "runs": runs})
+
+
+def report_done(ctx: Context) -> bool:
+    key = _report_key(ctx)
+    return key is not None and _is_done(ctx.out / "report", key)
+
+
+def mark_report_done(ctx: Context) -> None:
+    _mark_done(ctx.out / "report", _report_key(ctx))
+
+
+def write_report(ctx: Context) -> Path | None:
+    """results.csv from what is on disk; with every run finished, the localisation and the report.
+    None while runs are missing. Only one process at a time may call this (the launcher sees to it)."""
+    from btcxr.engine.checkpoint import library_versions
+    from btcxr.report.build import build_report
+
+    remove_temp_files(ctx.out, "results.csv")  # a temporary file of it now is a killed writer's
+    results = collect_results(ctx)
+    write_csv(ctx.out / "results.csv", results)
+    expected = len(grid_runs(ctx))
+    if len(results) < expected:
+        log.warning("%d of %d runs finished; the report is written once the others are done", len(results),
+                    expected)
+        return None
+    localisation, grids = run_localisation(ctx, results)
+    browser = build_browser(ctx)
+    index = build_report(ctx.out / "report", results, baseline=ctx.baseline, localisation=localisation,
+                         cam_grids=grids, configs={k: v for k, v in ctx.configs.items() if v.exists()},
+                         versions=library_versions(), notes=ctx.notes, browser=browser)
     log.info("report: %s", index)
     return index
-
