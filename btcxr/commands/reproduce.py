@@ -19,11 +19,11 @@ shard with --shard i/n (shared stages are locked; the last shard to finish write
 
 EPILOG = """\
 examples:
-  btcxr reproduce --config configs/experiments/synthetic.yaml
-  btcxr reproduce --config configs/experiments/paper.yaml data.vindr_root=/data/vinbigdata \\
+  btcxr reproduce --config synthetic
+  btcxr reproduce --config paper data.vindr_root=/data/vinbigdata \\
       data.nih_root=/data/nih --out runs/paper
-  CUDA_VISIBLE_DEVICES=1 btcxr reproduce --config configs/experiments/paper.yaml --shard 1/4
-  btcxr reproduce --config configs/experiments/synthetic.yaml seeds=[0] fractions=[1.0]
+  CUDA_VISIBLE_DEVICES=1 btcxr reproduce --config paper --shard 1/4
+  btcxr reproduce --config synthetic seeds=[0] fractions=[1.0]
 """
 
 
@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("reproduce", help="run the paper's comparison end to end and write the report",
                                    description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, metavar="FILE", help="experiment YAML (configs/experiments/)")
+    parser.add_argument("--config", required=True, metavar="NAME|FILE",
+                        help="a packaged experiment (paper, synthetic, demo; `btcxr configs` lists them) or a "
+                             "YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override experiment settings")
     parser.add_argument("--out", metavar="DIR", help="experiment directory (default: runs/experiments/<name>)")
     parser.add_argument("--shard", default=(0, 1), type=shard_spec, metavar="i/n",
@@ -57,10 +59,12 @@ def shard_spec(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from btcxr.config_files import resolve_config
     from btcxr.report.reproduce import reproduce
 
     index, count = args.shard
-    report = reproduce(args.config, args.overrides, out=args.out, shard_index=index, shard_count=count,
+    config = resolve_config(args.config, "experiments")
+    report = reproduce(config, args.overrides, out=args.out, shard_index=index, shard_count=count,
                        workers=args.workers)
     if report is not None:
         print(f"report: {report}")
