@@ -30,8 +30,10 @@ from pathlib import Path
 
 import torch
 
+from btcxr.config_files import CONFIG_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = CONFIG_DIR
 KILL = ROOT / "tests" / "kill_launcher.py"
 
 

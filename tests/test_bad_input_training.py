@@ -3,8 +3,6 @@ value, never a traceback, never a run that goes ahead on something it should hav
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torchvision
@@ -13,8 +11,7 @@ from test_pretrain import TINY, make_unlabeled_cache
 from test_probe import make_nih_cache
 
 from btcxr.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
+from btcxr.config_files import CONFIG_DIR
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +21,11 @@ def commands(tmp_path_factory) -> dict[str, list[str]]:
     nih = make_nih_cache(base / "nih", n=(8, 4, 4), seed=1)
     vindr = write_square_cache(base / "vindr", {"train": 4, "val": 2})
     return {
-        "pretrain": ["pretrain", "--config", str(REPO / "configs/pretrain/demo.yaml"), f"data.cache={unlabeled}",
+        "pretrain": ["pretrain", "--config", str(CONFIG_DIR / "pretrain/demo.yaml"), f"data.cache={unlabeled}",
                      *TINY, "epochs=1", "batch_size=4", "model.projector=[16,8]"],
-        "probe": ["probe", "--config", str(REPO / "configs/probe/demo.yaml"), f"data.cache={nih}",
+        "probe": ["probe", "--config", str(CONFIG_DIR / "probe/demo.yaml"), f"data.cache={nih}",
                   "tensorboard=false", "optim.epochs=1", "data.input_size=32"],
-        "finetune": ["finetune", "--config", str(REPO / "configs/finetune/demo.yaml"), f"data.cache={vindr}",
+        "finetune": ["finetune", "--config", str(CONFIG_DIR / "finetune/demo.yaml"), f"data.cache={vindr}",
                      "tensorboard=false", "optim.epochs=1", "optim.batch_size=2", "model.size=64",
                      "model.fpn_channels=16", "model.box_head_dim=32", "data.test_split=''"],
     }

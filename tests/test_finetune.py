@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 from btcxr.config import load_config
+from btcxr.config_files import CONFIG_DIR
 from btcxr.data.datasets import VindrDetection
 from btcxr.detect.config import FinetuneConfig, ModelConfig
 from btcxr.detect.evaluate_checkpoint import evaluate_checkpoint
@@ -219,7 +220,7 @@ def test_user_errors_reach_the_command_line(tmp_path, capsys):
     from btcxr.cli import main
 
     cache = write_square_cache(tmp_path / "c", {"train": 4, "val": 2})
-    demo = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "demo.yaml"
+    demo = CONFIG_DIR / "finetune" / "demo.yaml"
 
     torch.save(torchvision_resnet18_state(), tmp_path / "r18.pth")
     code = main(["finetune", "--config", str(demo), f"data.cache={cache}", "model.arch=resnet50", "optim.batch_size=2",
@@ -241,7 +242,7 @@ def torchvision_resnet18_state() -> dict[str, torch.Tensor]:
 
 
 def test_paper_configs_hold_the_paper_recipe():
-    root = Path(__file__).resolve().parents[1] / "configs" / "finetune"
+    root = CONFIG_DIR / "finetune"
     for name, size in (("paper_640.yaml", 640), ("paper_224.yaml", 224)):
         cfg = load_config(FinetuneConfig, root / name)
         assert (cfg.model.arch, cfg.model.size) == ("resnet50", size)

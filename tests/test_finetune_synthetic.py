@@ -1,10 +1,10 @@
 """Fine-tuning on synthetic VinDr phantoms (btcxr synth -> prepare -> finetune) learns what was drawn."""
 
-from pathlib import Path
 
 import pytest
 
 from btcxr.config import load_config
+from btcxr.config_files import CONFIG_DIR
 from btcxr.data.cache import PrepareSettings, prepare
 from btcxr.data.synthetic import generate
 from btcxr.detect.config import FinetuneConfig
@@ -14,7 +14,7 @@ from btcxr.detect.train import finetune
 from btcxr.engine.checkpoint import save_checkpoint
 from btcxr.engine.runlog import read_metrics
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "demo.yaml"
+DEMO = CONFIG_DIR / "finetune" / "demo.yaml"
 
 
 @pytest.mark.slow

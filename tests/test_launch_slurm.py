@@ -21,12 +21,13 @@ from test_finetune import write_square_cache
 from test_kill_matrix import _same_tensors
 
 from btcxr.cli import main
+from btcxr.config_files import CONFIG_DIR
 from btcxr.engine.checkpoint import load_checkpoint
 from btcxr.errors import BtcxrError
 from btcxr.experiment import slurm
 from btcxr.experiment.stages import DONE, StageNotFinished
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = CONFIG_DIR
 RUN_IDS = [f"det_{init}_s64_f1_seed{seed}" for seed in (0, 1) for init in ("random", "btcxr")]
 
 

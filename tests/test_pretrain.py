@@ -15,6 +15,7 @@ from PIL import Image
 from btcxr.backbones import build_resnet
 from btcxr.cli import main
 from btcxr.config import load_config
+from btcxr.config_files import CONFIG_DIR
 from btcxr.engine.checkpoint import load_checkpoint
 from btcxr.engine.distributed import DistEnv
 from btcxr.engine.runlog import read_metrics
@@ -25,9 +26,8 @@ from btcxr.ssl.data import build_loader
 from btcxr.ssl.loss import barlow_twins_loss
 from btcxr.ssl.views import loader_transform, model_input
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "configs" / "pretrain" / "demo.yaml"
-PAPER = REPO / "configs" / "pretrain" / "paper.yaml"
+DEMO = CONFIG_DIR / "pretrain" / "demo.yaml"
+PAPER = CONFIG_DIR / "pretrain" / "paper.yaml"
 # Small enough for seconds on one CPU thread; views gentle enough that a few steps visibly learn.
 TINY = ["model.arch=resnet18", "model.init=random", "views.size=32", "log_every=1", "corr_every_steps=0",
         "tensorboard=false", "data.num_workers=0", "channels_last=false"]

@@ -13,20 +13,20 @@ from test_probe import demo_cfg, make_nih_cache
 
 from btcxr.classify.train import probe
 from btcxr.config import load_config
+from btcxr.config_files import CONFIG_DIR
 from btcxr.engine.checkpoint import load_checkpoint
 from btcxr.engine.runlog import read_metrics
 from btcxr.errors import BtcxrError
 from btcxr.ssl.config import PretrainConfig
 from btcxr.ssl.train import pretrain
 
-REPO = Path(__file__).resolve().parents[1]
 SUPERVISED = ["method=supervised", "views.policy=radiograph", "views.radiograph.crop_scale=[0.8,1]",
               "views.radiograph.rotation_deg=0", "views.radiograph.noise_p=0", "views.radiograph.blur_p=[0,0]",
               "model.projector=[8]"]
 
 
 def _cfg(cache: Path, *overrides: str) -> PretrainConfig:
-    return load_config(PretrainConfig, REPO / "configs/pretrain/demo.yaml",
+    return load_config(PretrainConfig, CONFIG_DIR / "pretrain/demo.yaml",
                        [f"data.cache={cache}", *TINY, *SUPERVISED, *overrides])
 
 

@@ -18,12 +18,13 @@ from btcxr.classify.config import ProbeConfig
 from btcxr.classify.metrics import AurocReport, auroc_report
 from btcxr.classify.model import ProbeModel, build_probe_model
 from btcxr.config import load_config
+from btcxr.config_files import CONFIG_DIR
 from btcxr.data.cache_format import MANIFEST_COLUMNS
 from btcxr.data.classes import NIH_LABELS
 from btcxr.errors import BtcxrError
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "probe" / "demo.yaml"
-PAPER = Path(__file__).resolve().parents[1] / "configs" / "probe" / "paper.yaml"
+DEMO = CONFIG_DIR / "probe" / "demo.yaml"
+PAPER = CONFIG_DIR / "probe" / "paper.yaml"
 
 
 

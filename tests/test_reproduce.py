@@ -7,13 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
+from btcxr.config_files import CONFIG_DIR
 from btcxr.engine.checkpoint import load_checkpoint
 from btcxr.errors import BtcxrError
 from btcxr.experiment import local as launcher
 from btcxr.experiment import stages as rp
 from btcxr.experiment.spec import DetectionRun, Experiment, detection_grid, load_experiment, shard
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "experiments"
+CONFIGS = CONFIG_DIR / "experiments"
 
 
 @pytest.mark.parametrize("name", ["demo", "synthetic", "paper"])
@@ -491,3 +492,15 @@ def test_every_arm_runs_for_real_offline(tmp_path, monkeypatch):
     assert all(torch.equal(natural[k], start[k]) for k in natural)
     html = index.read_text()
     assert "stand-in" in html and "The positive control" in html and "NIH probe against pre-training steps" in html
+
+
+def test_a_copied_experiment_file_finds_its_stage_configs_in_the_package(tmp_path):
+    """`btcxr configs show experiments/demo > mine.yaml`: its `../pretrain/demo.yaml` has no folder next to it."""
+    copy = tmp_path / "mine.yaml"
+    copy.write_text((CONFIGS / "demo.yaml").read_text())
+    ctx = rp.Context(load_experiment(copy), copy, tmp_path)
+    assert ctx.config(ctx.exp.pretrain.config, "pretrain") == CONFIG_DIR / "pretrain" / "demo.yaml"
+    assert ctx.config("finetune/demo", "finetune") == CONFIG_DIR / "finetune" / "demo.yaml"
+    assert ctx.config("", "probe") is None
+    with pytest.raises(BtcxrError, match="nope.*Known probe configs"):
+        ctx.config("nope", "probe")

@@ -14,13 +14,14 @@ import pytest
 from test_reproduce import FakeFinetune, _fake_experiment
 
 from btcxr.cli import build_parser, main
+from btcxr.config_files import CONFIG_DIR
 from btcxr.engine.io import is_temp_name
 from btcxr.errors import BtcxrError
 from btcxr.experiment import local as launcher
 from btcxr.experiment import stages as rp
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "experiments" / "demo.yaml"
+DEMO = CONFIG_DIR / "experiments" / "demo.yaml"
 
 
 def _temp_files(folder: Path) -> list[Path]:

@@ -19,6 +19,7 @@ from test_finetune import tiny_config, write_square_cache
 from btcxr.classify.config import ProbeConfig
 from btcxr.cli import main
 from btcxr.config import load_config, migrate_config_dict
+from btcxr.config_files import CONFIG_DIR
 from btcxr.detect.config import FinetuneConfig
 from btcxr.engine.checkpoint import load_checkpoint, save_checkpoint
 from btcxr.engine.distributed import DistEnv
@@ -27,8 +28,6 @@ from btcxr.engine.runlog import read_metrics
 from btcxr.engine.runtime import autocast, resolve_device, seed_everything
 from btcxr.errors import BtcxrError
 from btcxr.ssl.config import PretrainConfig
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass
@@ -153,7 +152,7 @@ def test_probe_and_finetune_stop_on_a_non_finite_loss(tmp_path, monkeypatch):
 
     cache = make_nih_cache(tmp_path / "nih", n=(16, 8, 8), seed=1)
     monkeypatch.setattr(probe_train.nn, "BCEWithLogitsLoss", lambda: (lambda logits, y: logits.sum() * np.nan))
-    code = main(["probe", "--config", str(REPO / "configs/probe/demo.yaml"), f"data.cache={cache}",
+    code = main(["probe", "--config", str(CONFIG_DIR / "probe/demo.yaml"), f"data.cache={cache}",
                  "tensorboard=false", "data.input_size=32", "--out", str(tmp_path / "probe")])
     assert code == 2
     vindr = write_square_cache(tmp_path / "vindr", {"train": 4, "val": 2})
@@ -194,7 +193,7 @@ def test_probe_backbone_is_model_init_and_a_changed_resume_is_refused(tmp_path, 
     from test_probe import make_nih_cache
 
     cache = make_nih_cache(tmp_path / "nih", n=(16, 8, 8), seed=1)
-    args = ["probe", "--config", str(REPO / "configs/probe/demo.yaml"), f"data.cache={cache}", "tensorboard=false",
+    args = ["probe", "--config", str(CONFIG_DIR / "probe/demo.yaml"), f"data.cache={cache}", "tensorboard=false",
             "data.input_size=32", "optim.epochs=2", "--out", str(tmp_path / "run")]
     assert main([*args, "--backbone", "random"]) == 0
     config = (tmp_path / "run" / "config.yaml").read_text()

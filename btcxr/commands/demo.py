@@ -9,7 +9,7 @@ DESCRIPTION = """\
 Generate a small synthetic VinDr-CXR and NIH set, prepare caches, pre-train a small ResNet with Barlow
 Twins, fine-tune Faster R-CNN from random init and from the pre-trained backbone, evaluate on the test
 split, explain the detections with Ablation-CAM, and write the report. Every stage is the real one, at a
-size a laptop CPU runs in minutes (configs/experiments/demo.yaml).
+size a laptop CPU runs in minutes (the packaged experiments/demo: `btcxr configs show experiments/demo`).
 """
 
 EPILOG = """\
@@ -18,7 +18,8 @@ examples:
   btcxr demo --out demo_out seeds=[0,1]       # any experiment setting can be overridden
 """
 
-DEMO_EXPERIMENT = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "demo.yaml"
+# A packaged config name, not a path: the same in a clone and in an installed wheel.
+DEMO_EXPERIMENT = "experiments/demo"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,18 +28,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override demo experiment settings")
     parser.add_argument("--out", default="demo_out", metavar="DIR", help="where everything goes (default demo_out)")
-    parser.add_argument("--config", default=str(DEMO_EXPERIMENT), metavar="FILE",
-                        help="experiment file (default: configs/experiments/demo.yaml)")
+    parser.add_argument("--config", default=DEMO_EXPERIMENT, metavar="NAME|FILE",
+                        help=f"experiment name or file (default: {DEMO_EXPERIMENT})")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from btcxr.config_files import resolve_config
     from btcxr.experiment.local import reproduce
 
     started = time.time()
-    report = reproduce(args.config, args.overrides, out=args.out)
+    config = resolve_config(args.config, "experiments")
+    report = reproduce(config, args.overrides, out=args.out)
     out = Path(args.out)
     print(f"\ndemo finished in {time.time() - started:.0f} s. Everything is in {out}/:")
     print(f"  synthetic datasets   {out / 'data'}  (contact sheets: {out / 'data' / '*' / 'contact_sheet.png'})")

@@ -15,24 +15,24 @@ is then scored once on the test part. Under torchrun every rank runs this same c
 EXAMPLES = """\
 examples:
   # the paper's recipe at 640 px from our pre-trained backbone
-  btcxr finetune --config configs/finetune/paper_640.yaml data.cache=cache/vindr-640 \\
+  btcxr finetune --config paper_640 data.cache=cache/vindr-640 \\
       --backbone runs/pretrain/backbone.pth --out runs/finetune/bt-640-s0
 
   # ImageNet baseline (V1 weights, as the paper) on an offline machine, 10 % of the labels, seed 1
-  btcxr finetune --config configs/finetune/paper_640.yaml data.cache=cache/vindr-640 data.fraction=0.1 \\
+  btcxr finetune --config paper_640 data.cache=cache/vindr-640 data.fraction=0.1 \\
       --backbone imagenet --init-weights ~/weights/resnet50-0676ba61.pth --seed 1
 
   # 4 GPUs, global batch 32 (8 a GPU), bf16
-  torchrun --nproc_per_node 4 -m btcxr finetune --config configs/finetune/paper_640.yaml \\
+  torchrun --nproc_per_node 4 -m btcxr finetune --config paper_640 \\
       data.cache=cache/vindr-640 --backbone runs/pretrain/backbone.pth --out runs/finetune/bt-640-ddp
 
   # a minute on a laptop CPU: synthetic data, resnet18 at 128 px
   btcxr synth --out synth --layout vindr-kaggle --n 120 --size 256 --seed 0
   btcxr prepare vindr --root synth/vindr-kaggle --out cache/vindr-demo --size 128
-  btcxr finetune --config configs/finetune/demo.yaml data.cache=cache/vindr-demo --out runs/finetune/demo
+  btcxr finetune --config demo data.cache=cache/vindr-demo --out runs/finetune/demo
 
   # continue an interrupted run (a run folder holding last.pt is also resumed without --resume)
-  btcxr finetune --config configs/finetune/paper_640.yaml data.cache=cache/vindr-640 \\
+  btcxr finetune --config paper_640 data.cache=cache/vindr-640 \\
       --out runs/finetune/bt-640-s0 --resume
 
 The run directory gets config.yaml (resolved), metrics.jsonl and tb/ (losses, lr, images/s, val AP50),
@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="YAML file (configs/finetune/paper_640.yaml, paper_224.yaml, demo.yaml)")
+    parser.add_argument("--config", metavar="NAME|FILE",
+                        help="a packaged config (paper_640, paper_224, demo; `btcxr configs` lists them) or a "
+                             "YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. data.cache=cache/vindr-640 data.fraction=0.1 model.size=1024")
     parser.add_argument("--backbone", metavar="{imagenet,random,PATH}",
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from btcxr.config import load_config
+    from btcxr.config_files import resolve_config
     from btcxr.detect.config import FinetuneConfig
     from btcxr.detect.train import finetune
 
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"model.weights_file={args.init_weights}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    cfg = load_config(FinetuneConfig, args.config, overrides)
+    cfg = load_config(FinetuneConfig, resolve_config(args.config, "finetune") if args.config else None, overrides)
     out = Path(args.out or _default_out(cfg))
     best = finetune(cfg, out, resume=args.resume)
     test = out / "test_metrics.json"

@@ -21,24 +21,24 @@ state dict without fc, refreshed every epoch). Rerunning the same command contin
 EPILOG = """\
 examples:
   # the paper's run (ResNet-50, batch 768, 800 epochs, bf16) on one GPU
-  btcxr pretrain --config configs/pretrain/paper.yaml data.cache=/data/cache/nih224
+  btcxr pretrain --config paper data.cache=/data/cache/nih224
 
   # the same on 2 nodes x 8 GPUs (run on every node; the global batch stays 768)
   torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
-      -m btcxr pretrain --config configs/pretrain/paper.yaml data.cache=/data/cache/nih224 --out runs/pretrain/paper
+      -m btcxr pretrain --config paper data.cache=/data/cache/nih224 --out runs/pretrain/paper
 
   # offline cluster: ImageNet weights from a file; radiograph views made on the GPU
-  btcxr pretrain --config configs/pretrain/paper.yaml data.cache=/data/cache/nih224 \\
+  btcxr pretrain --config paper data.cache=/data/cache/nih224 \\
       views.policy=radiograph views.on_gpu=true --init-weights ~/weights/resnet50-11ad3fa6.pth
 
   # half a minute on a laptop CPU: synthetic images, ResNet-18 at 64 px (one thread is fastest on a
   # small or shared CPU)
   btcxr synth --out synth --layout nih --n 300 --size 128 --seed 0
   btcxr prepare nih --root synth --out cache/nih-demo --size 64
-  OMP_NUM_THREADS=1 btcxr pretrain --config configs/pretrain/demo.yaml data.cache=cache/nih-demo
+  OMP_NUM_THREADS=1 btcxr pretrain --config demo data.cache=cache/nih-demo
 
   # continue an interrupted run (also automatic when --out holds last.pt with the same config)
-  btcxr pretrain --config configs/pretrain/paper.yaml data.cache=/data/cache/nih224 --resume
+  btcxr pretrain --config paper data.cache=/data/cache/nih224 --resume
 
 The key=value overrides must stay together: options may come before or after them, not in between.
 """
@@ -52,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="FILE",
-                        help="YAML file (configs/pretrain/paper.yaml, configs/pretrain/demo.yaml)")
+    parser.add_argument("--config", metavar="NAME|FILE",
+                        help="a packaged config (paper, demo; `btcxr configs` lists them) or a YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. data.cache=/data/cache/nih224 batch_size=512 amp=fp16")
     parser.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/pretrain/<name>)")
@@ -66,10 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from btcxr.config import load_config
+    from btcxr.config_files import resolve_config
     from btcxr.ssl.config import PretrainConfig
     from btcxr.ssl.train import pretrain
 
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    cfg = load_config(PretrainConfig, resolve_config(args.config, "pretrain") if args.config else None,
+                      args.overrides)
     if args.init_weights:
         cfg.model.weights_file = args.init_weights
     out = args.out or f"runs/pretrain/{cfg.name}"

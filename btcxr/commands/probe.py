@@ -7,18 +7,18 @@ import argparse
 EXAMPLES = """\
 examples:
   # linear evaluation of our pre-trained backbone on 10 % of the NIH training labels
-  btcxr probe --config configs/probe/paper.yaml data.cache=cache/nih data.fraction=0.1 \\
+  btcxr probe --config paper data.cache=cache/nih data.fraction=0.1 \\
       --backbone runs/pretrain/backbone.pth --out runs/probe/bt-freeze-10
 
   # the ImageNet baseline, fine-tuned, on an offline machine (weights file given)
-  btcxr probe --config configs/probe/paper.yaml data.cache=cache/nih probe.mode=finetune \\
+  btcxr probe --config paper data.cache=cache/nih probe.mode=finetune \\
       optim.lr_head=0.1 optim.lr_backbone=0.01 \\
       --backbone imagenet --init-weights ~/weights/resnet50-11ad3fa6.pth --out runs/probe/in-ft-100
 
   # a smoke run in seconds: synthetic NIH data, resnet18 at 64 px, random backbone (AUROC near 0.5)
   btcxr synth --out synth-nih --layout nih --n 200 --size 256 --seed 0
   btcxr prepare nih --root synth-nih --out cache/nih-demo --size 64
-  btcxr probe --config configs/probe/demo.yaml data.cache=cache/nih-demo --backbone random
+  btcxr probe --config demo data.cache=cache/nih-demo --backbone random
 
 The run directory gets config.yaml, metrics.jsonl, tb/ (TensorBoard), best.pt (selected epoch: head, plus
 the backbone when fine-tuned), last.pt, results.json and results.md. Rerunning the same command
@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="YAML file (configs/probe/paper.yaml, configs/probe/demo.yaml)")
+    parser.add_argument("--config", metavar="NAME|FILE",
+                        help="a packaged config (paper, demo; `btcxr configs` lists them) or a YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. data.cache=cache/nih data.fraction=0.01 "
                              "probe.mode=finetune")
@@ -61,13 +62,14 @@ def run(args: argparse.Namespace) -> int:
     from btcxr.classify.config import ProbeConfig
     from btcxr.classify.train import probe
     from btcxr.config import load_config
+    from btcxr.config_files import resolve_config
 
     overrides = list(args.overrides)
     if args.backbone:
         overrides.append(f"model.init={args.backbone}")
     if args.init_weights:
         overrides.append(f"model.weights_file={args.init_weights}")
-    cfg = load_config(ProbeConfig, args.config, overrides)
+    cfg = load_config(ProbeConfig, resolve_config(args.config, "probe") if args.config else None, overrides)
     out = args.out or _default_out(cfg)
     probe(cfg, out, resume=args.resume)
     print((Path(out) / "results.md").read_text(encoding="utf-8"))

@@ -25,14 +25,14 @@ ids, states and logs go to OUT/slurm/; run the same command again to submit what
 
 EPILOG = """\
 examples:
-  btcxr reproduce --config configs/experiments/synthetic.yaml
-  btcxr reproduce --config configs/experiments/paper.yaml data.vindr_root=/data/vinbigdata \\
+  btcxr reproduce --config synthetic
+  btcxr reproduce --config paper data.vindr_root=/data/vinbigdata \\
       data.nih_root=/data/nih --out runs/paper
-  CUDA_VISIBLE_DEVICES=1 btcxr reproduce --config configs/experiments/paper.yaml --shard 1/4
-  btcxr reproduce --config configs/experiments/synthetic.yaml seeds=[0] fractions=[1.0]
-  btcxr reproduce --config configs/experiments/paper.yaml data.vindr_root=/data/vinbigdata \\
-      data.nih_root=/data/nih --out /shared/runs/paper --launcher slurm --partition gpu \\
-      --nodes 2 --gpus-per-task 4 --time 24:00 --account myproj --array-parallelism 8
+  CUDA_VISIBLE_DEVICES=1 btcxr reproduce --config paper --shard 1/4
+  btcxr reproduce --config synthetic seeds=[0] fractions=[1.0]
+  btcxr reproduce --config paper data.vindr_root=/data/vinbigdata data.nih_root=/data/nih \\
+      --out /shared/runs/paper --launcher slurm --partition gpu --nodes 2 --gpus-per-task 4 \\
+      --time 24:00 --account myproj --array-parallelism 8
 """
 
 
@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("reproduce", help="run the paper's comparison end to end and write the report",
                                    description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, metavar="FILE", help="experiment YAML (configs/experiments/)")
+    parser.add_argument("--config", required=True, metavar="NAME|FILE",
+                        help="a packaged experiment (paper, synthetic, demo; `btcxr configs` lists them) or a "
+                             "YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override experiment settings")
     parser.add_argument("--out", metavar="DIR", help="experiment directory (default: runs/experiments/<name>)")
     parser.add_argument("--shard", default=(0, 1), type=shard_spec, metavar="i/n",
@@ -81,19 +83,22 @@ def shard_spec(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from btcxr.config_files import resolve_config
+
+    config = resolve_config(args.config, "experiments")
     if args.launcher == "slurm":
-        return _launch_slurm(args)
+        return _launch_slurm(args, config)
     from btcxr.experiment.local import reproduce
 
     index, count = args.shard
-    report = reproduce(args.config, args.overrides, out=args.out, shard_index=index, shard_count=count,
+    report = reproduce(config, args.overrides, out=args.out, shard_index=index, shard_count=count,
                        workers=args.workers)
     if report is not None:
         print(f"report: {report}")
     return 0
 
 
-def _launch_slurm(args: argparse.Namespace) -> int:
+def _launch_slurm(args: argparse.Namespace, config) -> int:
     from btcxr.errors import BtcxrError
     from btcxr.experiment.slurm import SlurmSettings, launch
 
@@ -102,7 +107,7 @@ def _launch_slurm(args: argparse.Namespace) -> int:
     settings = SlurmSettings(partition=args.partition, gpus_per_task=args.gpus_per_task, nodes=args.nodes,
                              time=args.time, account=args.account, qos=args.qos,
                              array_parallelism=args.array_parallelism, cpus_per_task=args.cpus_per_task)
-    submitted = launch(args.config, args.overrides, out=args.out, settings=settings, workers=args.workers)
+    submitted = launch(config, args.overrides, out=args.out, settings=settings, workers=args.workers)
     for unit, job_id in submitted.items():
         print(f"{job_id}\t{unit}")
     return 0

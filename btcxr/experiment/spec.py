@@ -33,7 +33,7 @@ class DataSection:
 
 @dataclass
 class StageSection:
-    config: str = ""                         # YAML of the stage (configs/...), relative to the experiment file
+    config: str = ""                         # the stage YAML: a packaged name (pretrain/demo) or a path, relative to the experiment file
     overrides: list[str] = field(default_factory=list)
 
 

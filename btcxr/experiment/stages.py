@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from btcxr.config import config_to_dict, load_config, save_config
+from btcxr.config_files import resolve_config
 from btcxr.engine.io import ensure_dir, remove_temp_files, write_csv, write_json
 from btcxr.errors import BtcxrError
 from btcxr.experiment.spec import (
@@ -117,16 +118,6 @@ def _run_key(ctx: Context, init: str, settings: dict) -> str:
     return fingerprint({"settings": settings, "data": ctx.data_key, "backbone": backbone})
 
 
-def _resolve(path: str, base: Path) -> Path:
-    """Config paths are taken relative to the working directory, then to the experiment file."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    if (base / p).exists():
-        return base / p
-    raise BtcxrError(f"config file {path} not found (looked in . and {base})")
-
-
 UPSTREAM = ("data", "pretrain")  # the stages whose outputs the runs of the grid share
 
 
@@ -157,8 +148,10 @@ class Context:
         self.backbones: dict[str, Path] = {}
         self.backbone_keys: dict[str, str] = {}
 
-    def config(self, path: str) -> Path:
-        return _resolve(path, self.exp_path.parent)
+    def config(self, path: str, kind: str) -> Path | None:
+        """A stage config the experiment names: a path (relative to the working directory or to the
+        experiment file: `../pretrain/demo.yaml`) or a packaged name (`pretrain/demo`); "" = the defaults."""
+        return resolve_config(path, kind, self.exp_path.parent) if path else None
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -301,10 +294,11 @@ def _archs(ctx: Context) -> set[str]:
     from btcxr.ssl.config import PretrainConfig
 
     exp = ctx.exp
-    stages = [(exp.detection, FinetuneConfig, exp.finetune), (exp.probe.enabled, ProbeConfig, exp.probe),
-              ("btcxr" in ctx.inits.values() and not exp.pretrain.backbone, PretrainConfig, exp.pretrain)]
-    return {load_config(cls, ctx.config(section.config), section.overrides).model.arch
-            for used, cls, section in stages if used}
+    stages = [(exp.detection, FinetuneConfig, exp.finetune, "finetune"),
+              (exp.probe.enabled, ProbeConfig, exp.probe, "probe"),
+              ("btcxr" in ctx.inits.values() and not exp.pretrain.backbone, PretrainConfig, exp.pretrain, "pretrain")]
+    return {load_config(cls, ctx.config(section.config, kind), section.overrides).model.arch
+            for used, cls, section, kind in stages if used}
 
 
 def run_cross_domain(ctx: Context) -> tuple[Path, str]:
@@ -313,7 +307,7 @@ def run_cross_domain(ctx: Context) -> tuple[Path, str]:
 
     cd = ctx.exp.cross_domain
     cache, data_key = _natural_data(ctx)
-    cfg = load_config(PretrainConfig, ctx.config(cd.config or ctx.exp.pretrain.config),
+    cfg = load_config(PretrainConfig, ctx.config(cd.config or ctx.exp.pretrain.config, "pretrain"),
                       [*ctx.exp.pretrain.overrides, *cd.overrides, f"data.cache={cache}", "model.init=random"])
     return _pretrain_stage(ctx, "pretrain_natural", cfg, data_key)
 
@@ -323,7 +317,7 @@ def run_pretrain(ctx: Context) -> None:
     from btcxr.ssl.config import PretrainConfig
 
     specs = set(ctx.inits.values())
-    base = ctx.config(ctx.exp.pretrain.config) if ctx.exp.pretrain.config else None
+    base = ctx.config(ctx.exp.pretrain.config, "pretrain")
     if "btcxr" in specs and ctx.exp.pretrain.backbone:
         path = Path(ctx.exp.pretrain.backbone)
         if not path.is_file():
@@ -337,7 +331,7 @@ def run_pretrain(ctx: Context) -> None:
         ctx.backbones["btcxr"], ctx.backbone_keys["btcxr"] = _pretrain_stage(ctx, "pretrain", _start(ctx, cfg))
     if "supervised" in specs:
         section = ctx.exp.supervised
-        cfg = load_config(PretrainConfig, ctx.config(section.config) if section.config else base,
+        cfg = load_config(PretrainConfig, ctx.config(section.config, "pretrain") or base,
                           [*ctx.exp.pretrain.overrides, "method=supervised", *section.overrides,
                            f"data.cache={ctx.nih_cache}"])
         ctx.configs["pretrain (supervised)"] = ctx.out / "pretrain_supervised" / "config.yaml"
@@ -393,7 +387,7 @@ def detection_config(ctx: Context, run: DetectionRun):
     from btcxr.detect.config import FinetuneConfig
     overrides = [*ctx.exp.finetune.overrides, *_run_overrides(ctx, run.init, run.fraction, run.seed),
                  f"data.cache={ctx.vindr_cache}", f"model.size={run.size}", *RULES[run.rule]]
-    return load_config(FinetuneConfig, ctx.config(ctx.exp.finetune.config), overrides)
+    return load_config(FinetuneConfig, ctx.config(ctx.exp.finetune.config, "finetune"), overrides)
 
 
 def _run_overrides(ctx: Context, init: str, fraction: float, seed: int) -> list[str]:
@@ -449,7 +443,7 @@ def probe_config(ctx: Context, init: str, fraction: float, seed: int):
 
     overrides = [*ctx.exp.probe.overrides, *_run_overrides(ctx, init, fraction, seed),
                  f"data.cache={ctx.nih_cache}", f"probe.mode={ctx.exp.probe.mode}"]
-    return load_config(ProbeConfig, ctx.config(ctx.exp.probe.config), overrides)
+    return load_config(ProbeConfig, ctx.config(ctx.exp.probe.config, "probe"), overrides)
 
 
 def _probe_id(init: str, fraction: float, seed: int) -> str:
