@@ -23,6 +23,7 @@ import logging
 import re
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +257,7 @@ def launch(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (), ou
     submitter = Submitter(cluster, folder, settings)
     ledger = Ledger(ctx.out / "slurm" / "jobs.json")
     ledger.refresh(folder)
-    make = lambda stage: StageJob(str(exp_path), tuple(overrides), str(ctx.out.resolve()), stage, workers)  # noqa: E731
+    make = partial(StageJob, str(exp_path), tuple(overrides), str(ctx.out.resolve()), workers=workers)
     submitted: dict[str, str] = {}
 
     def place(unit: str, needed: bool, after: list[str], upstream_new: bool) -> list[str]:

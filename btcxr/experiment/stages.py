@@ -72,7 +72,7 @@ def _must_run(ctx: Context, stage: str, what: Path) -> bool:
         ctx.pending.add(stage)
         return False
     raise StageNotFinished(f"{what} is not finished: the {stage} stage has to finish first (its job failed "
-                               "or is still queued; rerun the launch command to resubmit it)")
+                           "or is still queued; rerun the launch command to resubmit it)")
 
 
 def _is_done(run_dir: Path, key: str) -> bool:
@@ -385,6 +385,7 @@ def detection_runs(ctx: Context) -> list[DetectionRun]:
 
 def detection_config(ctx: Context, run: DetectionRun):
     from btcxr.detect.config import FinetuneConfig
+
     overrides = [*ctx.exp.finetune.overrides, *_run_overrides(ctx, run.init, run.fraction, run.seed),
                  f"data.cache={ctx.vindr_cache}", f"model.size={run.size}", *RULES[run.rule]]
     return load_config(FinetuneConfig, ctx.config(ctx.exp.finetune.config, "finetune"), overrides)
