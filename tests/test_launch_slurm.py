@@ -247,7 +247,7 @@ def test_the_slurm_launcher_needs_a_cluster_and_no_shard(tmp_path, monkeypatch, 
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun here
     exp = _experiment(tmp_path)
     assert main(["reproduce", "--config", str(exp), "--out", str(tmp_path / "o"), "--launcher", "slurm"]) != 0
-    assert "srun is not on PATH" in capsys.readouterr().err
+    assert "srun is not on PATH" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main(["reproduce", "--config", str(exp), "--launcher", "slurm", "--shard", "1/2"]) != 0
     assert "--shard is for shards started by hand" in capsys.readouterr().err
 
@@ -323,3 +323,31 @@ def test_every_rank_of_a_multi_node_job_gets_torchruns_environment_from_slurm(mo
     got = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     assert got == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu03"}
     assert 20000 <= int(os.environ["MASTER_PORT"]) <= 60000  # the same on every rank: drawn from the job id
+
+
+@pytest.mark.slow
+def test_the_pretraining_job_runs_one_rank_per_task_with_the_environment_slurm_gives(tmp_path, monkeypatch):
+    """The pre-training job with two tasks (submitit's local executor stands for `srun`): both ranks join
+    one process group from the environment the job exports, train together and rank 0 records the stage."""
+    import submitit
+    from test_pretrain import TINY, make_unlabeled_cache
+
+    nih = make_unlabeled_cache(tmp_path / "nih", n=20, size=32)
+    exp = tmp_path / "pre.yaml"
+    exp.write_text("\n".join([
+        "name: pre", f"data: {{nih_cache: {nih}}}", "detection: false", "probe: {enabled: false}",
+        f"pretrain: {{config: pretrain/demo, overrides: [{', '.join(TINY)}, epochs=1, batch_size=8,"
+        " 'model.projector=[32,16]']}",
+        "inits: {btcxr: btcxr, random: random}", "baseline: random", "localisation: {enabled: false}"]) + "\n")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
+    ex.update_parameters(timeout_min=60, tasks_per_node=2, stderr_to_stdout=True)
+    out = tmp_path / "out"
+    job = ex.submit(slurm.StageJob(str(exp), (), str(out), "pretrain"))
+    assert job.results() == ["pretrain", "pretrain"]  # one result per task
+    rank0 = job.stdout()
+    assert "on 2 rank(s)" in rank0, rank0
+    done = json.loads((out / "pretrain" / DONE).read_text())
+    state = load_checkpoint(out / "pretrain" / "last.pt")
+    assert Path(done["backbone"]).is_file() and state["step"] >= 1
+    assert len(state["rng"]) == 2  # the checkpoint holds the RNG states of both ranks

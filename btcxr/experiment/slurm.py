@@ -193,10 +193,6 @@ class Submitter:
     def __init__(self, cluster: str, folder: Path, settings: SlurmSettings):
         import submitit
 
-        if cluster not in CLUSTERS:
-            raise BtcxrError(f"launcher cluster {cluster!r}: use one of {', '.join(CLUSTERS)}")
-        if cluster == "slurm" and shutil.which("srun") is None:
-            raise BtcxrError("--launcher slurm: srun is not on PATH; run the command on a SLURM login node")
         self.cluster, self.folder, self.settings = cluster, folder, settings
         self.submitit = submitit
         self.jobs: dict[str, Any] = {}  # job id -> submitit job, of this launch
@@ -248,6 +244,10 @@ def launch(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (), ou
 
     wait: block until the submitted jobs end (default: only for the local and debug executors, where the
     jobs are children of this process)."""
+    if cluster not in CLUSTERS:
+        raise BtcxrError(f"launcher cluster {cluster!r}: use one of {', '.join(CLUSTERS)}")
+    if cluster == "slurm" and shutil.which("srun") is None:  # before anything is read or written
+        raise BtcxrError("--launcher slurm: srun is not on PATH; run the command on a SLURM login node")
     settings = settings or SlurmSettings()
     exp_path = Path(exp_path).resolve()
     ctx = st.open_context(exp_path, overrides, out, workers=workers, stages=(), lock=False, planning=True)
