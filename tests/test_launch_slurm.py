@@ -193,7 +193,7 @@ def test_sbatch_parameters_match_the_flags_and_relaunches_follow_the_job_states(
     for script in (prepare, pretrain, runs, report):
         assert script.items() >= common.items()
     assert prepare["job-name"] == "btcxr-prepare" and prepare["nodes"] == "1" and "dependency" not in prepare
-    assert "gpus-per-node" not in prepare or prepare["gpus-per-node"] == "0"
+    assert prepare["gpus-per-node"] == "0" and prepare["ntasks-per-node"] == "1"
     # pre-training: 2 nodes x 4 GPUs, one task (rank) per GPU, after the data
     assert (pretrain["nodes"], pretrain["ntasks-per-node"], pretrain["gpus-per-node"]) == ("2", "4", "4")
     assert pretrain["dependency"] == "afterok:1"

@@ -36,7 +36,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
     Without those variables this is a single process. `device`: "auto" (CUDA when present), "cpu" or "cuda".
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
@@ -48,6 +48,16 @@ def init_distributed(device: str = "auto") -> DistEnv:
             raise BtcxrError(f"BTCXR_DIST_BACKEND={backend!r}: use nccl or gloo")
         dist.init_process_group(backend=backend)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def env_rank() -> int:
+    """This process's rank as torchrun (or a SLURM job, btcxr.experiment.slurm) describes it, readable before
+    any process group exists; 0 for a single process."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_rank() -> bool:
+    return env_rank() == 0
 
 
 @contextlib.contextmanager

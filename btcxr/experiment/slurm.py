@@ -98,8 +98,7 @@ class StageJob:
         may_run = {"prepare": ("data",), "pretrain": ("pretrain",)}.get(self.stage, ())
         ctx = st.open_context(self.exp_path, self.overrides, self.out, workers=self.workers, stages=may_run,
                               lock=False)
-        if self.stage == "prepare":
-            st.save_config(ctx.exp, ctx.out / "experiment.yaml")
+        if self.stage == "prepare":  # (the launcher wrote experiment.yaml)
             st.prepare_data(ctx)
             st.prepare_natural(ctx)
             return "prepared"
@@ -111,7 +110,7 @@ class StageJob:
                                  "after the launch): rerun the launch command")
             runs[run_id]()
         elif self.stage == "report":
-            for run in st.curve_runs_to_do(ctx).values():  # the probe curve's backbones exist now
+            for run in st.curve_grid_runs(ctx).values():  # the probe curve's backbones exist now
                 run()
             index = st.write_report(ctx)
             if index is None:

@@ -15,7 +15,6 @@ import fcntl
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 
 from btcxr.config import config_to_dict, load_config, save_config
 from btcxr.config_files import resolve_config
+from btcxr.engine.distributed import is_main_rank
 from btcxr.engine.io import ensure_dir, remove_temp_files, write_csv, write_json
 from btcxr.errors import BtcxrError
 from btcxr.experiment.spec import (
@@ -85,11 +85,6 @@ def _mark_done(run_dir: Path, key: str, **info: Any) -> None:
         write_json(run_dir / DONE, {"fingerprint": key, **info}, default=str)
 
 
-def is_main_rank() -> bool:
-    """Rank 0 of a torchrun / SLURM multi-process job, or a single process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _start_run(run_dir: Path, key: str) -> bool:
     """Get `run_dir` ready for the run with settings `key`; True when an interrupted run is to be resumed.
 
@@ -112,10 +107,10 @@ def _start_run(run_dir: Path, key: str) -> bool:
     return (run_dir / "last.pt").exists()
 
 
-def _run_key(ctx: Context, init: str, settings: dict) -> str:
-    """Settings of a run plus what it inherits: the data, and the pre-training behind its init."""
+def _run_key(ctx: Context, init: str, cfg) -> str:
+    """The run's config plus what it inherits: the data, and the pre-training behind its init."""
     backbone = ctx.backbone_keys.get(ctx.inits.get(init, ""))
-    return fingerprint({"settings": settings, "data": ctx.data_key, "backbone": backbone})
+    return fingerprint({"settings": config_to_dict(cfg), "data": ctx.data_key, "backbone": backbone})
 
 
 UPSTREAM = ("data", "pretrain")  # the stages whose outputs the runs of the grid share
@@ -405,7 +400,7 @@ def run_detection(ctx: Context, run: DetectionRun) -> None:
 
     cfg = detection_config(ctx, run)
     run_dir = ctx.out / "runs" / run.run_id
-    key = _run_key(ctx, run.init, config_to_dict(cfg))
+    key = _run_key(ctx, run.init, cfg)
     # Recorded whether or not the run is redone: the report shows the configs of every launch.
     ctx.configs.setdefault("finetune", run_dir / "config.yaml")
     if _is_done(run_dir, key):
@@ -429,7 +424,7 @@ def run_probe(ctx: Context, init: str, fraction: float, seed: int) -> None:
 
     cfg = probe_config(ctx, init, fraction, seed)
     run_dir = ctx.out / "runs" / _probe_id(init, fraction, seed)
-    key = _run_key(ctx, init, config_to_dict(cfg))
+    key = _run_key(ctx, init, cfg)
     ctx.configs.setdefault("probe", run_dir / "config.yaml")
     if _is_done(run_dir, key):
         return
@@ -479,7 +474,7 @@ def run_curve_probe(ctx: Context, init: str, step: int, path: Path) -> None:
 
     cfg = curve_config(ctx, init, path)
     run_dir = ctx.out / "runs" / _curve_id(init, step)
-    key = _run_key(ctx, init, config_to_dict(cfg))
+    key = _run_key(ctx, init, cfg)
     if _is_done(run_dir, key):
         return
     log.info("%s: NIH probe of the backbone after %d pre-training steps", run_dir.name, step)
@@ -497,7 +492,7 @@ def collect_results(ctx: Context) -> pd.DataFrame:
     for run in detection_runs(ctx):
         run_dir = ctx.out / "runs" / run.run_id
         metrics_path = run_dir / "test_metrics.json"
-        key = _run_key(ctx, run.init, config_to_dict(detection_config(ctx, run)))
+        key = _run_key(ctx, run.init, detection_config(ctx, run))
         if not _is_done(run_dir, key) or not metrics_path.exists():
             continue
         m = json.loads(metrics_path.read_text())
@@ -512,7 +507,7 @@ def collect_results(ctx: Context) -> pd.DataFrame:
     for init, fraction, seed in probe_runs(ctx):
         run_dir = ctx.out / "runs" / _probe_id(init, fraction, seed)
         results_path = run_dir / "results.json"
-        key = _run_key(ctx, init, config_to_dict(probe_config(ctx, init, fraction, seed)))
+        key = _run_key(ctx, init, probe_config(ctx, init, fraction, seed))
         if not _is_done(run_dir, key) or not results_path.exists():
             continue
         r = json.loads(results_path.read_text())
@@ -525,7 +520,7 @@ def collect_results(ctx: Context) -> pd.DataFrame:
         rows.append(row)
     for init, step, path in curve_runs(ctx):
         run_dir = ctx.out / "runs" / _curve_id(init, step)
-        if not _is_done(run_dir, _run_key(ctx, init, config_to_dict(curve_config(ctx, init, path)))):
+        if not _is_done(run_dir, _run_key(ctx, init, curve_config(ctx, init, path))):
             continue
         r = json.loads((run_dir / "results.json").read_text())
         rows.append({"run_id": run_dir.name, "kind": "probe_curve", "init": init, "size": r.get("input_size"),
@@ -623,20 +618,19 @@ def grid_runs(ctx: Context, curve: bool = True) -> dict[str, Callable[[], Any]]:
     The probe curve's runs exist once the pre-trainings wrote their intermediate backbones."""
     runs: dict[str, Callable[[], Any]] = {r.run_id: partial(run_detection, ctx, r) for r in detection_runs(ctx)}
     runs |= {_probe_id(*p): partial(run_probe, ctx, *p) for p in probe_runs(ctx)}
-    return runs | curve_runs_to_do(ctx) if curve else runs
+    return runs | curve_grid_runs(ctx) if curve else runs
 
 
-def curve_runs_to_do(ctx: Context) -> dict[str, Callable[[], Any]]:
+def curve_grid_runs(ctx: Context) -> dict[str, Callable[[], Any]]:
+    """The probe curve's share of grid_runs: one frozen probe per intermediate backbone on disk."""
     return {_curve_id(i, s): partial(run_curve_probe, ctx, i, s, path) for i, s, path in curve_runs(ctx)}
 
 
 def finished_runs(ctx: Context) -> set[str]:
     """Run ids of the grid (the probe curve aside) finished with the settings they have now."""
-    done = {r.run_id for r in detection_runs(ctx)
-            if _is_done(ctx.out / "runs" / r.run_id, _run_key(ctx, r.init, config_to_dict(detection_config(ctx, r))))}
-    done |= {_probe_id(*p) for p in probe_runs(ctx)
-             if _is_done(ctx.out / "runs" / _probe_id(*p), _run_key(ctx, p[0], config_to_dict(probe_config(ctx, *p))))}
-    return done
+    keys = {r.run_id: _run_key(ctx, r.init, detection_config(ctx, r)) for r in detection_runs(ctx)}
+    keys |= {_probe_id(*p): _run_key(ctx, p[0], probe_config(ctx, *p)) for p in probe_runs(ctx)}
+    return {run_id for run_id, key in keys.items() if _is_done(ctx.out / "runs" / run_id, key)}
 
 
 def _report_key(ctx: Context) -> str | None:
