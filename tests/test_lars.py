@@ -65,5 +65,7 @@ def test_lr_schedule_scales_with_batch_warms_up_and_decays_to_a_thousandth():
     peak_w, peak_b = 0.2 * 512 / 256, 0.0048 * 512 / 256
     assert lr_w[0] == 0.0 and lr_w[25] == pytest.approx(peak_w * 25 / 50)  # linear warm-up over 50 steps
     assert lr_w[50] == pytest.approx(peak_w) and lr_b[50] == pytest.approx(peak_b)
-    assert lr_w[-1] == pytest.approx(0.001 * peak_w) and lr_b[-1] == pytest.approx(0.001 * peak_b)
+    # Barlow Twins' cosine reaches 0.001 x peak one step after the last: cos(pi * 49 / 50) at step 99.
+    last = 0.001 + 0.999 * (1 + math.cos(math.pi * 49 / 50)) / 2
+    assert lr_w[-1] == pytest.approx(last * peak_w) and lr_b[-1] == pytest.approx(last * peak_b)
     assert all(a >= b for a, b in zip(lr_w[50:], lr_w[51:]))  # cosine: never rises after the peak

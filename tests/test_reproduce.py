@@ -504,3 +504,25 @@ def test_a_copied_experiment_file_finds_its_stage_configs_in_the_package(tmp_pat
     assert ctx.config("", "probe") is None
     with pytest.raises(BtcxrError, match="nope.*Known probe configs"):
         ctx.config("nope", "probe")
+
+
+def test_paper_experiment_plans_the_papers_arms_on_the_papers_ground_truth(monkeypatch, tmp_path):
+    """`reproduce --config paper`: ImageNet, BarlowTwins-CXR and random init at 224 and 640 px, 3 label
+    fractions, 3 seeds, on a VinDr cache prepared with the paper's protocol."""
+    import btcxr.data.cache as cache_mod
+
+    prepared = []
+    monkeypatch.setattr(cache_mod, "prepare", lambda settings: prepared.append(settings))
+    exp = load_experiment(CONFIGS / "paper.yaml", [f"data.vindr_root={tmp_path / 'vindr'}",
+                                                   f"data.nih_root={tmp_path / 'nih'}"])
+    ctx = rp.Context(exp, CONFIGS / "paper.yaml", tmp_path, stages=("data",))
+    rp.prepare_data(ctx)
+    vindr = next(s for s in prepared if s.dataset == "vindr")
+    assert (vindr.protocol, vindr.size) == ("paper", 640)
+    assert next(s for s in prepared if s.dataset == "nih").protocol == "btcxr"
+    runs = rp.detection_runs(ctx)
+    assert {(r.init, r.size, r.fraction, r.seed) for r in runs} == {
+        (i, s, f, seed) for i in ("imagenet", "btcxr", "random") for s in (224, 640)
+        for f in (0.01, 0.1, 1.0) for seed in (0, 1, 2)}
+    cfg = rp.detection_config(ctx, next(r for r in runs if r.size == 224 and r.init == "btcxr"))
+    assert cfg.model.size == 224 and cfg.data.cache == str(tmp_path / "cache" / "vindr")

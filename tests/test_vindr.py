@@ -194,12 +194,12 @@ def test_load_vindr_kaggle_layout(tmp_path, real_head, caplog):
     ids = sorted({line.split(",")[0] for line in real_head[1:]})
     _touch_dicoms(tmp_path / "train", ids[:-1])
     _touch_dicoms(tmp_path / "test", ["t1", "t2"], suffix=".dcm")
-    with pytest.raises(BtcxrError, match=rf"1 of {len(ids)} annotated images have no DICOM file \(e.g. {ids[-1]}\)"):
+    with pytest.raises(BtcxrError, match=rf"1 of {len(ids)} annotated images have no image file \(e.g. {ids[-1]}\)"):
         load_vindr(tmp_path)
     _touch_dicoms(tmp_path / "train", [ids[-1], "unannotated"])
     with caplog.at_level(logging.INFO, logger="btcxr"):
         src = load_vindr(tmp_path, "train")
-    assert "1 DICOMs have no annotation rows" in caplog.text
+    assert "1 image files have no annotation rows" in caplog.text
     assert src.layout == "kaggle" and len(src.annotations) == 40
     assert src.images["image_id"].tolist() == sorted([*ids, "unannotated"])
     assert all(p.endswith(".dicom") and p.startswith(str(tmp_path.resolve())) for p in src.images["path"])

@@ -57,8 +57,10 @@ def test_the_wheel_holds_the_package_its_configs_and_static_files_only(wheel):
     path, log = wheel
     names = set(zipfile.ZipFile(path).namelist())
     sources = {p for p in PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    expected = {str(p.relative_to(REPO)) for p in sources if p.suffix in {".py", ".yaml"} or "static" in p.parts}
+    expected = {str(p.relative_to(REPO)) for p in sources
+                if p.suffix in {".py", ".yaml"} or "static" in p.parts or "paper_split" in p.parts}
     assert {n for n in names if n.startswith("btcxr/")} == expected
+    assert {"btcxr/data/paper_split/val.txt", "btcxr/data/paper_split/test.txt"} <= names  # prepare --protocol paper
     assert {f"btcxr/configs/{k}/{n}.yaml" for k, n in [("experiments", "demo"), ("pretrain", "paper")]} <= names
     assert {"btcxr/browse/static/index.html", "btcxr/browse/static/browse.js"} <= names
     assert {n.split("/")[0] for n in names} == {"btcxr", path.name.split("-py3")[0] + ".dist-info"}

@@ -1,6 +1,6 @@
 """Settings of the NIH classification evaluation (linear probe or fine-tune), one dataclass per YAML section.
 
-The defaults are the paper's recipe (method.md, Stage 1b): ResNet-50 at 224 px, 30 epochs, batch 64,
+The defaults are the paper's recipe (docs/paper.md, Stage 1b): ResNet-50 at 224 px, 30 epochs, batch 64,
 SGD momentum 0.9 with a cosine schedule, classifier lr 0.5, backbone lr 0 when frozen, weight decay 1e-6.
 """
 
@@ -13,6 +13,7 @@ from btcxr.backbones import ARCHS
 from btcxr.engine.runtime import AMP_MODES
 
 MODES = ("freeze", "finetune")
+SELECT_ON = ("val", "test")
 
 
 @dataclass
@@ -59,10 +60,15 @@ class ProbeOptions:
     # linear head on tensors. Much faster; with false, each epoch runs the frozen backbone on augmented
     # images.
     cache_features: bool = True
+    # The split whose mean AUROC picks the epoch kept. "test" is what the authors' evaluate.py did (its only
+    # evaluation split was its test part); it makes the test AUROC optimistic and is logged as a warning.
+    select_on: str = "val"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"probe.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.select_on not in SELECT_ON:
+            raise ValueError(f"probe.select_on must be one of {', '.join(SELECT_ON)}, got {self.select_on!r}")
 
 
 @dataclass
@@ -74,12 +80,17 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-6
     warmup_epochs: int = 0  # linear warm-up before the cosine (0 in the paper)
+    # step: the cosine moves every step; epoch: once an epoch, as CosineAnnealingLR(T_max=epochs) stepped
+    # after each epoch in the authors' evaluate.py
+    cosine_by: str = "step"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("optim.epochs and optim.batch_size must be at least 1")
         if self.lr_head <= 0 or self.lr_backbone < 0:
             raise ValueError("optim.lr_head must be > 0 and optim.lr_backbone >= 0")
+        if self.cosine_by not in ("step", "epoch"):
+            raise ValueError(f"optim.cosine_by must be step or epoch, got {self.cosine_by!r}")
 
 
 @dataclass

@@ -4,7 +4,8 @@ One loop for both modes. With a frozen backbone and `probe.cache_features`, the 
 are extracted once and the linear head trains on those tensors; otherwise each epoch runs images through
 the model. After every epoch the val split is scored; the epoch with the best mean val AUROC is kept
 (best.pt) and, once training ends, that model alone scores the test split. The official code picked the
-best epoch on its test split; selecting on val keeps the test number an honest estimate.
+best epoch on its test split; selecting on val keeps the test number an honest estimate
+(`probe.select_on: test` reproduces the official choice, with a warning; docs/paper.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from btcxr.classify.config import ProbeConfig
+from btcxr.classify.config import OptimConfig, ProbeConfig
 from btcxr.classify.data import nih_splits
 from btcxr.classify.metrics import AurocReport, auroc_report
 from btcxr.classify.model import ProbeModel, build_probe_model
@@ -68,6 +69,10 @@ def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[s
     if use_features and cfg.augment.train:
         log.info("probe.cache_features: features are extracted once from the eval view; no training "
                  "augmentation (set probe.cache_features=false to augment)")
+    on_test = cfg.probe.select_on == "test"
+    if on_test:
+        log.warning("probe.select_on=test: the epoch is picked on the test split, as the authors' evaluate.py "
+                    "did; the test AUROC then took part in the choice and overstates the model")
 
     datasets = nih_splits(cfg.data, cfg.augment, train_augment=not use_features)
     n_images = {name: len(ds) for name, ds in datasets.items()}
@@ -83,14 +88,11 @@ def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[s
 
     optimizer = _optimizer(model, cfg, frozen)
     steps_per_epoch = math.ceil(n_images["train"] / cfg.optim.batch_size)
-    # One factor per step, multiplied into each group's own peak lr (head and backbone decay together).
-    # The cosine reaches 0 one step after the end, so the last step still learns (as CosineAnnealingLR).
-    factor = warmup_cosine(1.0, steps_per_epoch * cfg.optim.epochs + 1, cfg.optim.warmup_epochs * steps_per_epoch,
-                           final=0.0)
-    state = {"epoch": 0, "best_epoch": 0, "best_val": -math.inf, "val_history": []}
+    factor = lr_factors(cfg.optim, steps_per_epoch)
+    state = {"epoch": 0, "best_epoch": 0, "best_val": -math.inf, "val_history": [], "test_history": []}
     if run.resumed:
         saved = run.restore(head=model.head, backbone=None if frozen else model.backbone, optimizer=optimizer)
-        state = {k: saved[k] for k in state}
+        state = {k: saved.get(k, state[k]) for k in state}
     metrics = run.open_metrics()
     criterion = nn.BCEWithLogitsLoss()
     started = time.time()
@@ -106,21 +108,26 @@ def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[s
                                    run=run, metrics=metrics, step=first, epoch=epoch, log_every=cfg.log_every)
             val = evaluate(model, source["val"], cfg, device, use_features, "val", quiet=epoch > 1)
             state["val_history"].append(float(val.mean))
+            chosen = val
+            if on_test:
+                chosen = evaluate(model, source["test"], cfg, device, use_features, "test", quiet=epoch > 1)
+                state["test_history"].append(float(chosen.mean))
             step = epoch * steps_per_epoch
             _log_auroc(metrics, step, "val", val, epoch=epoch, train_loss=loss)
-            improved = not math.isnan(val.mean) and val.mean > state["best_val"]
-            log.info("epoch %d: train loss %.4f, val mean AUROC %.4f%s", epoch, loss, val.mean,
-                     " (best so far)" if improved else "")
+            improved = not math.isnan(chosen.mean) and chosen.mean > state["best_val"]
+            log.info("epoch %d: train loss %.4f, val mean AUROC %.4f%s%s", epoch, loss, val.mean,
+                     f", test mean AUROC {chosen.mean:.4f}" if on_test else "", " (best so far)" if improved else "")
             if improved:
-                state.update(best_epoch=epoch, best_val=float(val.mean))
+                state.update(best_epoch=epoch, best_val=float(chosen.mean))
                 save_checkpoint(run.path / BEST, _model_state(model, frozen, epoch, cfg))
             state["epoch"] = epoch
             run.save(step=step, head=model.head, backbone=None if frozen else model.backbone,
                      optimizer=optimizer, **state)
         if state["best_epoch"] == 0:
-            raise BtcxrError(f"no epoch gave a defined mean val AUROC (every label has a single class in the "
-                             f"{cfg.data.val_split!r} split of {cfg.data.cache}): nothing to select")
-        # The selected (val-best) model, read back from the file we keep, scores the test split once.
+            split = cfg.data.test_split if on_test else cfg.data.val_split
+            raise BtcxrError(f"no epoch gave a defined mean {cfg.probe.select_on} AUROC (every label has a single "
+                             f"class in the {split!r} split of {cfg.data.cache}): nothing to select")
+        # The selected model (best on probe.select_on), read back from the file we keep, scores the test split.
         best = load_checkpoint(run.path / BEST, map_location=device)
         _load_model_state(model, best, frozen)
         val_best = evaluate(model, source["val"], cfg, device, use_features, "val", quiet=True)
@@ -142,12 +149,14 @@ def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[s
         "cached_features": use_features,
         "epochs": cfg.optim.epochs,
         "selected_epoch": state["best_epoch"],
-        "selection": "best mean AUROC on the val split",
+        "selection": f"best mean AUROC on the {cfg.probe.select_on} split",
+        "select_on": cfg.probe.select_on,
         "labels": list(NIH_LABELS),
         "n_images": n_images,
         "val": val_best.as_json(),
         "test": test.as_json(),
         "val_mean_auroc_per_epoch": [_nan_to_none(v) for v in state["val_history"]],
+        **({"test_mean_auroc_per_epoch": [_nan_to_none(v) for v in state["test_history"]]} if on_test else {}),
         "train_seconds": round(time.time() - started, 1),
         "versions": library_versions(),
     }
@@ -247,6 +256,16 @@ def _loader(dataset: Dataset, cfg: ProbeConfig, device: torch.device, shuffle: b
     return DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=shuffle, generator=generator,
                       num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
                       persistent_workers=False)
+
+
+def lr_factors(optim: OptimConfig, steps_per_epoch: int) -> np.ndarray:
+    """One factor per step, multiplied into each group's own peak lr (head and backbone decay together).
+    The cosine reaches 0 one step after the end, so the last step still learns (as CosineAnnealingLR);
+    cosine_by="epoch" holds each epoch at the value of its first step (CosineAnnealingLR stepped per epoch)."""
+    factor = warmup_cosine(1.0, steps_per_epoch * optim.epochs + 1, optim.warmup_epochs * steps_per_epoch, final=0.0)
+    if optim.cosine_by == "epoch":
+        factor = np.repeat(factor[:-1:steps_per_epoch], steps_per_epoch)
+    return factor
 
 
 def _optimizer(model: ProbeModel, cfg: ProbeConfig, frozen: bool) -> torch.optim.Optimizer:

@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     model.add_argument("--workers", type=int, default=2, help="image-loading processes (default: 2)")
     fusion = parser.add_argument_group("fusion of raw reader annotations (ignored for annotations.csv)")
-    fusion.add_argument("--fusion", default="wbf", help="wbf, nms, union or reader:R8 (default: wbf)")
+    fusion.add_argument("--fusion", default="wbf",
+                        help="wbf, wbf-pooled (the paper's), nms, union or reader:R8 (default: wbf)")
     fusion.add_argument("--iou-thr", type=float, default=0.4, help="fusion IoU threshold (default: 0.4)")
     fusion.add_argument("--skip-box-thr", type=float, default=0.0,
                         help="drop fused boxes with a reader-agreement score below this (default: 0)")

@@ -15,8 +15,15 @@ examples:
   # the same, keeping 880 box-annotated images out of pre-training for the CAM study
   btcxr prepare nih --root ~/data/ChestX-ray14 --out cache/nih-224 --size 224 --reserve bbox_images.txt
 
-  # VinDr-CXR (Kaggle layout) at 640 px, readers fused by WBF, paper split 70/15/15 without normals
+  # VinDr-CXR (Kaggle layout) at 640 px, readers fused by WBF, stratified split 70/15/15 without normals
   btcxr prepare vindr --root ~/data/vinbigdata --out cache/vindr-640 --size 640 --fusion wbf --iou-thr 0.4
+
+  # the paper's own ground truth and split (its val/test lists ship with btcxr), exactly
+  btcxr prepare vindr --root ~/data/vinbigdata --out cache/vindr-paper-640 --size 640 --protocol paper
+
+  # VinDr as Kaggle users hold it: train/<id>.png resized to 1024 px, original sizes in train_meta.csv
+  btcxr prepare vindr --root ~/data/vinbigdata-png-1024 --out cache/vindr-640 --size 640 \
+      --meta-csv ~/data/vinbigdata-png-1024/train_meta.csv
 
   # VinDr-CXR 1.0.0 (PhysioNet): keep normals, 16-bit PNGs, the official 3,000 test images as test
   btcxr prepare vindr --root ~/data/vindr-cxr/1.0.0 --out cache/vindr-1024 --size 1024 --bits 16 \\
@@ -55,9 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG bit depth (default 8)")
 
     vindr = parser.add_argument_group("VinDr")
-    vindr.add_argument("--fusion", default="wbf", metavar="{wbf,nms,union,reader:R8}",
-                       help="how the three radiologists' boxes become one set (default wbf)")
-    vindr.add_argument("--iou-thr", type=float, default=0.4, help="IoU threshold of WBF/NMS (default 0.4)")
+    vindr.add_argument("--protocol", choices=["btcxr", "paper"], default="btcxr",
+                       help="btcxr (default): the options below; paper: the paper's ground truth and split "
+                            "exactly (wbf-pooled fusion at IoU 0.5, normals dropped, the paper's val/test images)")
+    vindr.add_argument("--fusion", default=None, metavar="{wbf,wbf-pooled,nms,union,reader:R8}",
+                       help="how the three radiologists' boxes become one set (default: the protocol's, wbf)")
+    vindr.add_argument("--iou-thr", type=float, default=None,
+                       help="IoU threshold of WBF/NMS (default: the protocol's, 0.4; paper 0.5)")
     vindr.add_argument("--skip-box-thr", type=float, default=0.0,
                        help="drop fused boxes whose score (share of readers) is below this (default 0)")
     vindr.add_argument("--label-set", choices=["kaggle", "local"], default="kaggle",
@@ -69,6 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="keep images without any finding in the splits")
     normals.add_argument("--no-normals", dest="with_normals", action="store_false",
                          help="drop images without any finding, as the paper did (default)")
+    vindr.add_argument("--meta-csv", metavar="FILE",
+                       help="original sizes (image_id,dim0,dim1) of resized PNG/JPEG copies (default: "
+                            "<root>/train_meta.csv, <root>/test_meta.csv when present)")
     vindr.add_argument("--official-test", action="store_true",
                        help="use the 3,000 official test images (PhysioNet layout, annotations_test.csv) as "
                             "the test split; the training images are split train/val by --ratios")
@@ -79,8 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nih.add_argument("--include-test-in-pretrain", action="store_true",
                      help="let pre-training see the test (and reserved) images, as the published recipe did "
                           "(leaks the evaluation images; off by default)")
-    nih.add_argument("--allow-missing-images", action="store_true",
-                     help="drop images listed in Data_Entry but absent below --root instead of failing")
+    parser.add_argument("--allow-missing-images", action="store_true",
+                        help="nih/vindr: leave out images listed in Data_Entry, train.csv or the paper's split but "
+                             "absent below --root (counted, listed in errors.csv) instead of failing")
     parser.add_argument("--reserve", metavar="FILE",
                         help="nih/folder: image names (one a line) kept out of pre-training and probe training "
                              "(split 'reserved')")
@@ -98,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = PrepareSettings(
         dataset=args.dataset, root=args.root, out=args.out, size=args.size, bits=args.bits,
-        fusion=args.fusion, iou_thr=args.iou_thr, skip_box_thr=args.skip_box_thr, label_set=args.label_set,
-        ratios=args.ratios, with_normals=args.with_normals, official_test=args.official_test,
+        protocol=args.protocol, fusion=args.fusion, iou_thr=args.iou_thr, skip_box_thr=args.skip_box_thr,
+        label_set=args.label_set, ratios=args.ratios, with_normals=args.with_normals,
+        official_test=args.official_test, meta_csv=args.meta_csv,
         val_fraction=args.val_fraction, include_test_in_pretrain=args.include_test_in_pretrain,
         allow_missing_images=args.allow_missing_images, reserve=args.reserve, seed=args.seed,
         workers=args.workers, on_error=check_on_error(args.on_error),

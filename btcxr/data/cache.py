@@ -54,7 +54,15 @@ from btcxr.data.cache_format import (
     write_json_atomic,
 )
 from btcxr.data.classes import NO_FINDING
-from btcxr.data.images import ImageReadError, read_image, resize_longest
+from btcxr.data.images import (
+    DICOM_SUFFIXES,
+    ImageReadError,
+    longest_side_shape,
+    read_image,
+    resize_longest,
+    resize_to,
+)
+from btcxr.data.protocol import PAPER_SPLIT_FILE, check_protocol, paper_lists, paper_split
 from btcxr.engine.io import ensure_dir, write_bytes
 from btcxr.errors import BtcxrError, check_on_error
 from btcxr.logs import progress_disabled
@@ -70,9 +78,10 @@ PNG_COMPRESS_LEVEL = 1
 IMAGE_SETTINGS = ("dataset", "size", "bits")
 # Settings that mean something for some datasets only (prepare.json records those of its dataset).
 _DATASET_FIELDS = {
-    **dict.fromkeys(("fusion", "iou_thr", "skip_box_thr", "label_set", "ratios", "with_normals", "official_test"),
-                    ("vindr",)),
-    **dict.fromkeys(("val_fraction", "include_test_in_pretrain", "allow_missing_images"), ("nih",)),
+    **dict.fromkeys(("protocol", "fusion", "iou_thr", "skip_box_thr", "label_set", "ratios", "with_normals",
+                     "official_test", "meta_csv"), ("vindr",)),
+    **dict.fromkeys(("val_fraction", "include_test_in_pretrain"), ("nih",)),
+    "allow_missing_images": ("nih", "vindr"),
     "reserve": ("nih", "folder"),
 }
 
@@ -86,17 +95,20 @@ class PrepareSettings:
     out: str
     size: int
     bits: int = 8
-    # VinDr
-    fusion: str = "wbf"
-    iou_thr: float = 0.4
+    # VinDr. protocol: btcxr | paper (btcxr.data.protocol); fusion and iou_thr None = the protocol's
+    protocol: str = "btcxr"
+    fusion: str | None = None
+    iou_thr: float | None = None
     skip_box_thr: float = 0.0
     label_set: str = "kaggle"
     ratios: tuple[float, float, float] = splitting.DEFAULT_VINDR_RATIOS
     with_normals: bool = False
     official_test: bool = False
+    meta_csv: str | None = None  # original sizes of resized PNG/JPEG copies (default <root>/<split>_meta.csv)
     # NIH
     val_fraction: float = 0.1
     include_test_in_pretrain: bool = False
+    # NIH and VinDr: leave out listed/annotated images that have no file (counted, listed in errors.csv)
     allow_missing_images: bool = False
     # NIH and folder: image names (one a line) kept out of pre-training and probe training
     reserve: str | None = None
@@ -125,36 +137,63 @@ class _Plan:
     tasks: pd.DataFrame  # image_id, path
     finish: Callable[[Path, pd.DataFrame], dict[str, Any]]  # (cache, done rows) -> summary for prepare.json
     dropped_rows: list[dict[str, str]] = field(default_factory=list)  # annotation rows left out (--on-error skip)
+    missing: list[dict[str, str]] = field(default_factory=list)  # listed images without a file (--allow-missing-images)
+
+
+# A task: image_id, path, cache file, and the original width and height when the file is a resized copy
+# (0, 0: the file is at its original size).
+Task = tuple[str, str, str, int, int]
 
 
 # ----------------------------------------------------------------------------------------------- worker
-def _prepare_one(task: tuple[str, str, str], cache: str, size: int, bits: int) -> dict[str, Any]:
+def _prepare_one(task: Task, cache: str, size: int, bits: int) -> dict[str, Any]:
     """Decode, resize and write one image (runs in a pool worker). A file that cannot be read comes
     back as an error row; a failed write (full disk) is a BtcxrError naming the file; anything else (a
     bug) propagates and stops the run."""
-    image_id, path, file = task
+    image_id, path, file, orig_w, orig_h = task
     try:
         radiograph = read_image(path, bits=bits)
     except ImageReadError as exc:
         return {"error": True, "image_id": image_id, "path": path, "reason": exc.reason}
     except BtcxrError as exc:
         return {"error": True, "image_id": image_id, "path": path, "reason": str(exc)}
-    pixels, scale = resize_longest(radiograph.pixels, size)
+    if orig_w:  # a resized copy: the size file gives the original frame
+        pixels, scale, problem = _from_resized_copy(radiograph.pixels, orig_w, orig_h, size)
+        if problem:
+            return {"error": True, "image_id": image_id, "path": path, "reason": problem}
+    else:
+        pixels, scale = resize_longest(radiograph.pixels, size)
+        orig_w, orig_h = radiograph.orig_width, radiograph.orig_height
     dest = Path(cache) / file
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     data = buffer.getvalue()
     write_bytes(dest, data, durable=False)  # the journal records its size and CRC: a rerun checks it
-    return {"error": False, "image_id": image_id, "file": file, "orig_width": radiograph.orig_width,
-            "orig_height": radiograph.orig_height, "width": int(pixels.shape[1]),
+    return {"error": False, "image_id": image_id, "file": file, "orig_width": int(orig_w),
+            "orig_height": int(orig_h), "width": int(pixels.shape[1]),
             "height": int(pixels.shape[0]), "scale": scale, "bytes": len(data), "crc32": zlib.crc32(data)}
 
 
-def _prepare_chunk(chunk: list[tuple[str, str, str]], cache: str, size: int, bits: int) -> list[dict[str, Any]]:
+def _from_resized_copy(pixels: np.ndarray, orig_w: int, orig_h: int, size: int) -> tuple[np.ndarray, float, str]:
+    """The cache image of a copy resized from an orig_w x orig_h original: the same shape and scale as
+    preparing the original would give. A copy resized without keeping the aspect ratio (Kaggle's square
+    sets) is brought back to the original's aspect here. (pixels, scale, problem; problem "" if none)."""
+    height, width = pixels.shape
+    if width > orig_w or height > orig_h:
+        return pixels, 1.0, (f"the file is {width} x {height} px, larger than its original size {orig_w} x "
+                             f"{orig_h} in the size file (image_id,dim0,dim1): the size file does not belong "
+                             "to this image")
+    new_w, new_h, scale = longest_side_shape(orig_w, orig_h, size)
+    if (width, height) == (new_w, new_h):
+        return pixels.copy(), scale, ""
+    return resize_to(pixels, new_w, new_h), scale, ""
+
+
+def _prepare_chunk(chunk: list[Task], cache: str, size: int, bits: int) -> list[dict[str, Any]]:
     return [_prepare_one(task, cache, size, bits) for task in chunk]
 
 
-def _run_tasks(todo: list[tuple[str, str, str]], cache: Path, settings: PrepareSettings,
+def _run_tasks(todo: list[Task], cache: Path, settings: PrepareSettings,
                workers: int) -> Iterator[dict[str, Any]]:
     """Results of _prepare_one over `todo`, in completion order, in-process when one worker is enough.
 
@@ -169,9 +208,9 @@ def _run_tasks(todo: list[tuple[str, str, str]], cache: Path, settings: PrepareS
     chunksize = max(1, min(16, len(todo) // (workers * 8)))
     chunks = [todo[k:k + chunksize] for k in range(0, len(todo), chunksize)]
     pending = iter(chunks)
-    in_flight: dict[cf.Future, list[tuple[str, str, str]]] = {}
+    in_flight: dict[cf.Future, list[Task]] = {}
     pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context())
-    lost: list[tuple[str, str, str]] = []  # the tasks of the chunk that came back broken
+    lost: list[Task] = []  # the tasks of the chunk that came back broken
     try:
         for chunk in itertools.islice(pending, 2 * workers):
             lost = chunk
@@ -186,7 +225,7 @@ def _run_tasks(todo: list[tuple[str, str, str]], cache: Path, settings: PrepareS
                     in_flight[pool.submit(work, nxt)] = nxt
                 yield from results
     except BrokenProcessPool:
-        files = [path for c in (lost, *in_flight.values()) for _, path, _ in c]
+        files = [task[1] for c in (lost, *in_flight.values()) for task in c]
         raise BtcxrError(
             f"a prepare worker process died (killed by a signal, e.g. the out-of-memory killer) while decoding "
             f"one of: {_name_files(files)}. Finished images are kept: rerun the same command to finish (with "
@@ -232,7 +271,11 @@ def prepare(settings: PrepareSettings) -> PrepareReport:
     done = journal.read(size=settings.size)  # only images whose PNG is still the one journaled
     wanted = set(tasks["image_id"])
     reused = sum(1 for i in wanted if i in done)
-    todo = [(i, p, f) for i, p, f in zip(tasks["image_id"], tasks["path"], tasks["file"]) if i not in done]
+    sized = "orig_width" in tasks.columns
+    orig_w = tasks["orig_width"].fillna(0).astype(int) if sized else pd.Series(0, index=tasks.index)
+    orig_h = tasks["orig_height"].fillna(0).astype(int) if sized else pd.Series(0, index=tasks.index)
+    todo = [(i, p, f, w, h) for i, p, f, w, h in zip(tasks["image_id"], tasks["path"], tasks["file"], orig_w, orig_h)
+            if i not in done]
     workers = max(1, min(settings.workers or os.cpu_count() or 1, len(todo)))
     log.info("%d images: %d already in the cache, %d to prepare with %d worker(s)", len(tasks), reused,
              len(todo), workers)
@@ -265,15 +308,16 @@ def prepare(settings: PrepareSettings) -> PrepareReport:
     done_rows = pd.DataFrame([done[i] for i in tasks["image_id"] if i in done],
                              columns=["image_id", "file", "orig_width", "orig_height", "width", "height", "scale"])
     summary = plan.finish(cache, done_rows)
-    listed = plan.dropped_rows + sorted(errors, key=lambda e: e["image_id"])  # the same order on every run
+    # the same order on every run
+    listed = plan.dropped_rows + plan.missing + sorted(errors, key=lambda e: e["image_id"])
     if listed:
         write_csv_atomic(pd.DataFrame(listed, columns=ERROR_COLUMNS), cache / ERRORS)
-        log.warning("skipped %d unreadable file(s) and %d repeated annotation row(s); they are listed in %s",
-                    len(errors), len(plan.dropped_rows), cache / ERRORS)
+        log.warning("skipped %d unreadable file(s), %d repeated annotation row(s) and %d image(s) without a file; "
+                    "they are listed in %s", len(errors), len(plan.dropped_rows), len(plan.missing), cache / ERRORS)
     else:
         (cache / ERRORS).unlink(missing_ok=True)
     counts = {"images": int(summary.pop("images")), "prepared": prepared, "reused": reused,
-              "skipped": len(errors), "dropped_rows": len(plan.dropped_rows)}
+              "skipped": len(errors), "dropped_rows": len(plan.dropped_rows), "missing_images": len(plan.missing)}
     record = _settings_record(settings, status="complete") | summary | {
         "counts": counts, "seconds": round(time.time() - started, 1)}
     write_json_atomic(record, cache / SETTINGS)
@@ -300,6 +344,29 @@ def _validate(s: PrepareSettings) -> None:
     if s.dataset == "vindr" and s.reserve:
         raise BtcxrError("--reserve applies to nih and folder; VinDr's test part is held out by the split")
     s.ratios = splitting.parse_ratios(s.ratios)
+    _apply_protocol(s)
+
+
+def _apply_protocol(s: PrepareSettings) -> None:
+    """Fill fusion and iou_thr from the VinDr protocol; refuse options the paper's protocol fixes."""
+    protocol = check_protocol(s.protocol)
+    if s.dataset != "vindr":
+        if s.protocol != "btcxr" or s.meta_csv:
+            raise BtcxrError("--protocol and --meta-csv apply to vindr only")
+        return
+    if s.protocol == "paper":
+        fixed = [(s.fusion not in (None, protocol.fusion), f"--fusion {s.fusion}"),
+                 (s.iou_thr not in (None, protocol.iou_thr), f"--iou-thr {s.iou_thr}"),
+                 (s.skip_box_thr != 0, f"--skip-box-thr {s.skip_box_thr}"),
+                 (s.label_set != "kaggle", f"--label-set {s.label_set}"),
+                 (tuple(s.ratios) != splitting.DEFAULT_VINDR_RATIOS, "--ratios"),
+                 (s.with_normals, "--with-normals"), (s.official_test, "--official-test")]
+        given = [flag for clash, flag in fixed if clash]
+        if given:
+            raise BtcxrError(f"--protocol paper fixes the fusion (wbf-pooled, IoU 0.5), the 14 Kaggle classes, the "
+                             f"normals (dropped) and the split (the paper's lists); remove {', '.join(given)}")
+    s.fusion = protocol.fusion if s.fusion is None else s.fusion
+    s.iou_thr = protocol.iou_thr if s.iou_thr is None else s.iou_thr
 
 
 def _check_compatible(cache: Path, s: PrepareSettings) -> None:
@@ -407,8 +474,13 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
 
     classes = class_names(s.label_set)[:-1]
     spec = parse_fusion(s.fusion)
-    train = load_vindr(s.root, "train", s.label_set, on_duplicate=s.on_error)
+    load = partial(load_vindr, s.root, label_set=s.label_set, on_duplicate=s.on_error,
+                   allow_missing_images=s.allow_missing_images, meta_csv=s.meta_csv)
+    train = load("train")
     train_source = _vindr_annotation_file(train, "train")
+    if s.protocol == "paper" and train.layout != "kaggle":
+        log.warning("--protocol paper on the PhysioNet layout: the paper's boxes come from the Kaggle train.csv; "
+                    "WBF follows the row order of the file, so another file's order can give other boxes")
     # Fusion is invariant to scaling each axis, so fusing before decoding (no sizes yet) gives the
     # image-level labels the split and the --no-normals selection need; the boxes written to
     # annotations.csv are fused again after decoding, with the sizes (checked, clipped).
@@ -418,7 +490,7 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
         if train.layout != "physionet":
             raise BtcxrError(f"--official-test: {s.root} is the Kaggle layout, whose test images carry no "
                              "annotations; the official test needs the PhysioNet layout (annotations_test.csv)")
-        test = load_vindr(s.root, "test", s.label_set, on_duplicate=s.on_error)
+        test = load("test")
     # The official test holds one consensus reading per image: its boxes are kept as they are.
     pre_test = (fuse_readers(test.annotations, "union", label_set=s.label_set) if test is not None else None)
 
@@ -429,11 +501,23 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
         return list(pd.unique(fused.loc[fused["class_name"] != NO_FINDING, "image_id"]))
 
     ids = candidates(pre) + (candidates(pre_test) if pre_test is not None else [])
-    name = splitting.vindr_split_name(s.seed, s.ratios, s.with_normals, s.official_test)
-    split = splitting.load_or_make_split(
-        cache, name, ids,
-        lambda: splitting.vindr_split(pre, ratios=s.ratios, seed=s.seed, with_normals=s.with_normals,
-                                      official_test=pre_test, classes=classes))
+    missing = [_missing_row(i, "annotated in", train_source, train.root) for i in train.missing_images]
+    if test is not None:
+        missing += [_missing_row(i, "annotated in", _vindr_annotation_file(test, "test"), test.root)
+                    for i in test.missing_images]
+    if s.protocol == "paper":
+        name = PAPER_SPLIT_FILE
+        lists, missing_listed = _paper_lists_present(s, train)
+        listed_gone = {i for ids in missing_listed.values() for i in ids}
+        missing = [m for m in missing if m["image_id"] not in listed_gone] + [
+            _missing_row(i, f"in the paper's {part} split but", None, train.root)
+            for part in lists for i in missing_listed.get(part, [])]
+        make_split = partial(paper_split, ids, lists)
+    else:
+        name = splitting.vindr_split_name(s.seed, s.ratios, s.with_normals, s.official_test)
+        make_split = partial(splitting.vindr_split, pre, ratios=s.ratios, seed=s.seed, with_normals=s.with_normals,
+                             official_test=pre_test, classes=classes)
+    split = splitting.load_or_make_split(cache, name, ids, make_split)
     paths = pd.concat([train.images] + ([test.images] if test is not None else []))
     tasks = split[["image_id"]].merge(paths, on="image_id", how="left", validate="one_to_one")
     for image_id in tasks["image_id"]:
@@ -452,7 +536,7 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
         fused_parts, reader_parts = [], []
         for source, source_file, how, skip_thr in readings:
             ann = source.annotations[source.annotations["image_id"].isin(done["image_id"])]
-            check_boxes_inside(ann, sizes, source_file)
+            check_boxes_inside(ann, sizes, source_file, _resized_hint(source))
             fused_parts.append(fuse_readers(ann, how, s.iou_thr, skip_thr, sizes=sizes, label_set=s.label_set))
             reader_parts.append(ann[ann["x_min"].notna()])
         fused = pd.concat(fused_parts, ignore_index=True)
@@ -475,10 +559,62 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
         boxes = int(annotations["x_min"].notna().sum())
         return {"images": len(manifest), "split_file": name, "pretrain_splits": ["train", "val"],
                 "parts": manifest["split"].value_counts().to_dict(), "boxes": boxes,
-                "classes": list(classes)}
+                "classes": list(classes), "ground_truth": _ground_truth_text(s),
+                "meta_csv_used": str(train.meta_csv) if train.meta_csv else None}
 
     dropped = train.dropped_rows + (test.dropped_rows if test is not None else [])
-    return _Plan(tasks=tasks[["image_id", "path"]], finish=finish, dropped_rows=dropped)
+    columns = ["image_id", "path", *(["orig_width", "orig_height"] if "orig_width" in tasks.columns else [])]
+    return _Plan(tasks=tasks[columns], finish=finish, dropped_rows=dropped, missing=missing)
+
+
+def _resized_hint(source) -> str:
+    """What to say when boxes leave PNG/JPEG images: they were probably resized without a size file."""
+    copies = ~source.images["path"].str.lower().str.endswith(DICOM_SUFFIXES)
+    if not copies.any() or source.meta_csv is not None:
+        return ""
+    return ("; these are PNG/JPEG copies: if they were resized, give their original sizes with --meta-csv "
+            "train_meta.csv (image_id,dim0,dim1)")
+
+
+def _paper_lists_present(s: PrepareSettings, train) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The paper's val/test lists restricted to the images present, and the listed ids without a file
+    (an error unless --allow-missing-images). A listed id train.csv does not hold at all is an error."""
+    lists = paper_lists()
+    annotated = set(train.annotations["image_id"]) | set(train.missing_images)
+    have = set(train.images["image_id"])
+    unknown = [i for ids in lists.values() for i in ids if i not in annotated]
+    if unknown:
+        raise BtcxrError(f"{_vindr_annotation_file(train, 'train')}: {len(unknown)} image(s) of the paper's val/test "
+                         f"split have no rows (e.g. {unknown[0]}); the paper's protocol needs the full VinDr-CXR "
+                         "train.csv")
+    absent = {part: [i for i in ids if i not in have] for part, ids in lists.items()}
+    n_absent = sum(len(v) for v in absent.values())
+    if n_absent and not s.allow_missing_images:
+        first = next(i for ids in absent.values() for i in ids)
+        raise BtcxrError(f"{Path(s.root) / 'train'}: {n_absent} image(s) of the paper's val/test split have no "
+                         f"image file (e.g. {first}); pass --allow-missing-images to leave them out (counted and "
+                         "listed in errors.csv)")
+    if n_absent:
+        log.warning("--protocol paper: %d image(s) of the paper's split have no file and are left out: %s",
+                    n_absent, ", ".join(f"{len(v)} of {part}" for part, v in absent.items()))
+    present = {part: [i for i in ids if i in have] for part, ids in lists.items()}
+    return present, {part: v for part, v in absent.items() if v}
+
+
+def _missing_row(image_id: str, what: str, source: str | None, root) -> dict[str, str]:
+    where = f" {source}" if source else ""
+    return {"image_id": image_id, "path": str(Path(root) / "train" / image_id),
+            "reason": f"{what}{where} with no image file; left out (--allow-missing-images)"}
+
+
+def _ground_truth_text(s: PrepareSettings) -> str:
+    """One line for prepare.json and the report: which protocol made the boxes and the split."""
+    if s.protocol == "paper":
+        return ("the paper's protocol: readers pooled into one WBF list in train.csv row order (wbf-pooled), IoU 0.5, "
+                "normals dropped, the paper's val (659) and test (660) images")
+    split = "the official test images as test" if s.official_test else f"split {'/'.join(f'{r:g}' for r in s.ratios)}"
+    return (f"btcxr's protocol: fusion {s.fusion}, IoU {s.iou_thr:g}, skip_box_thr {s.skip_box_thr:g}, "
+            f"{'normals kept' if s.with_normals else 'normals dropped'}, {split} (seed {s.seed})")
 
 
 def _vindr_annotation_file(source, split: str) -> str:

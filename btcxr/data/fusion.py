@@ -2,8 +2,12 @@
 
 Methods (``--fusion`` strings, parsed by :func:`parse_fusion`):
 
-* ``wbf``: Weighted Boxes Fusion (``ensemble_boxes.weighted_boxes_fusion``), what the paper and the Kaggle
-  winners used. Each reader of an image is one "model"; all reader boxes have confidence 1.
+* ``wbf``: Weighted Boxes Fusion (``ensemble_boxes.weighted_boxes_fusion``), what the Kaggle winners used.
+  Each reader of an image is one "model"; all reader boxes have confidence 1.
+* ``wbf-pooled``: the paper's ground truth. The same WBF, but every reader's boxes of an image pooled into
+  ONE list (one "model") in the order of the annotation file's rows. With ``iou_thr=0.5`` this gives the
+  authors' published val/test boxes within 1 px (docs/paper.md). WBF clusters greedily, so the result
+  depends on the row order of the file; every fused score is 1 (one model), so ``skip_box_thr`` keeps all.
 * ``nms``: non-maximum suppression (``ensemble_boxes.nms``) over the same per-reader lists.
 * ``union``: every reader's boxes, unchanged.
 * ``reader:R8``: one reader's boxes only; images that reader did not read are dropped.
@@ -28,7 +32,7 @@ from btcxr.errors import BtcxrError
 log = logging.getLogger(__name__)
 
 FUSED_COLUMNS = ["image_id", "class_id", "class_name", "x_min", "y_min", "x_max", "y_max", "score"]
-_METHODS = ("wbf", "nms", "union")
+_METHODS = ("wbf", "wbf-pooled", "nms", "union")
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class FusionSpec:
 
 
 def parse_fusion(spec: str | FusionSpec) -> FusionSpec:
-    """Parse ``wbf``, ``nms``, ``union`` or ``reader:<rad_id>`` (e.g. ``reader:R8``)."""
+    """Parse ``wbf``, ``wbf-pooled``, ``nms``, ``union`` or ``reader:<rad_id>`` (e.g. ``reader:R8``)."""
     if isinstance(spec, FusionSpec):
         return spec
     text = str(spec).strip()
@@ -52,7 +56,8 @@ def parse_fusion(spec: str | FusionSpec) -> FusionSpec:
         return FusionSpec(low)
     if low.startswith("reader:") and text.split(":", 1)[1].strip():
         return FusionSpec("reader", text.split(":", 1)[1].strip())
-    raise BtcxrError(f"unknown fusion method {spec!r}; expected wbf, nms, union or reader:<rad_id> (e.g. reader:R8)")
+    raise BtcxrError(f"unknown fusion method {spec!r}; expected wbf, wbf-pooled, nms, union or reader:<rad_id> "
+                     "(e.g. reader:R8)")
 
 
 def fuse_readers(
@@ -82,9 +87,10 @@ def fuse_readers(
     three readers agree on). It is applied after fusion, because passing it to ensemble-boxes would
     filter the input confidences, which are all 1.
 
-    Order matters to WBF's greedy clustering, so it is fixed independently of the row order: readers in
-    natural rad_id order (R1, R2, .., R10), each reader's boxes sorted by class, x_min, y_min, x_max,
-    y_max. Boxes with zero area are dropped (counted in the log).
+    Order matters to WBF's greedy clustering, so for ``wbf`` and ``nms`` it is fixed independently of the
+    row order: readers in natural rad_id order (R1, R2, .., R10), each reader's boxes sorted by class,
+    x_min, y_min, x_max, y_max. ``wbf-pooled`` keeps the row order of ``ann`` (the paper's rule). Boxes
+    with zero area are dropped (counted in the log).
     """
     fusion = parse_fusion(spec)
     names = class_names(label_set)
@@ -161,7 +167,8 @@ def _fuse_ensemble(
     iou_thr: float,
     sizes: pd.DataFrame | None,
 ) -> pd.DataFrame:
-    """WBF or NMS through ensemble-boxes, one call per image (it separates the classes itself)."""
+    """WBF (per reader or pooled) or NMS through ensemble-boxes, one call per image (it separates the
+    classes itself)."""
     from ensemble_boxes import nms, weighted_boxes_fusion
 
     empty = pd.DataFrame({"image_id": pd.Series(dtype=object), "class_id": pd.Series(dtype=np.int64),
@@ -185,7 +192,10 @@ def _fuse_ensemble(
     b_rank = boxes["rad_id"].map(rank).to_numpy()
     cls = boxes["class_id"].to_numpy()
     xyxy = boxes[BOX_COLUMNS].to_numpy(dtype=np.float64)
-    order = np.lexsort((xyxy[:, 3], xyxy[:, 2], xyxy[:, 1], xyxy[:, 0], cls, b_rank, b_img))
+    if method == "wbf-pooled":  # image by image, each image's boxes in the row order of the file
+        order = np.argsort(b_img, kind="stable")
+    else:
+        order = np.lexsort((xyxy[:, 3], xyxy[:, 2], xyxy[:, 1], xyxy[:, 0], cls, b_rank, b_img))
     b_img, b_rank, cls, xyxy = b_img[order], b_rank[order], cls[order], xyxy[order]
 
     # Per-box normalisation factors (x and y).
@@ -205,15 +215,17 @@ def _fuse_ensemble(
     ends = np.r_[starts[1:], len(b_img)]
     for s, e in zip(starts, ends):
         code = b_img[s]
-        readers = p_rank[p_starts[code]:p_starts[code + 1]]
-        r_of_box = b_rank[s:e]
-        box_list, score_list, label_list = [], [], []
-        for r in readers:
-            sel = slice(s + np.searchsorted(r_of_box, r, "left"), s + np.searchsorted(r_of_box, r, "right"))
-            box_list.append(norm[sel])
-            score_list.append(np.ones(sel.stop - sel.start))
-            label_list.append(cls[sel])
-        if method == "wbf":
+        if method == "wbf-pooled":  # every reader's boxes as one "model"
+            groups = [slice(s, e)]
+        else:  # one "model" per reader of the image, boxes or not
+            readers = p_rank[p_starts[code]:p_starts[code + 1]]
+            r_of_box = b_rank[s:e]
+            groups = [slice(s + np.searchsorted(r_of_box, r, "left"), s + np.searchsorted(r_of_box, r, "right"))
+                      for r in readers]
+        box_list = [norm[g] for g in groups]
+        score_list = [np.ones(g.stop - g.start) for g in groups]
+        label_list = [cls[g] for g in groups]
+        if method in ("wbf", "wbf-pooled"):
             fb, fs, fl = weighted_boxes_fusion(box_list, score_list, label_list, iou_thr=iou_thr, skip_box_thr=0.0)
         else:
             fb, fs, fl = nms(box_list, score_list, label_list, iou_thr=iou_thr)

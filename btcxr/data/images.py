@@ -117,21 +117,32 @@ def resize_longest(pixels: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale array, got shape {pixels.shape}")
+    height, width = pixels.shape
+    new_w, new_h, scale = longest_side_shape(width, height, size)
+    if (new_w, new_h) == (width, height):
+        return pixels.copy(), 1.0
+    return resize_to(pixels, new_w, new_h), scale
+
+
+def longest_side_shape(width: int, height: int, size: int) -> tuple[int, int, float]:
+    """(new_width, new_height, scale) of an image of width x height whose longest side becomes ``size``."""
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
-    height, width = pixels.shape
     longest = max(height, width)
-    scale = size / longest
     if longest == size:
-        return pixels.copy(), 1.0
-    new_w = max(1, round(width * scale))
-    new_h = max(1, round(height * scale))
+        return width, height, 1.0
+    scale = size / longest
+    return max(1, round(width * scale)), max(1, round(height * scale)), scale
+
+
+def resize_to(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Lanczos resize of a 2-D uint8 or uint16 array to width x height (uint16 through float32)."""
     if pixels.dtype == np.uint8:
-        out = Image.fromarray(pixels).resize((new_w, new_h), Image.Resampling.LANCZOS)
-        return np.asarray(out).copy(), scale
+        out = Image.fromarray(pixels).resize((width, height), Image.Resampling.LANCZOS)
+        return np.asarray(out).copy()
     if pixels.dtype == np.uint16:
-        out = Image.fromarray(pixels.astype(np.float32)).resize((new_w, new_h), Image.Resampling.LANCZOS)
-        return np.clip(np.rint(np.asarray(out)), 0, 65535).astype(np.uint16), scale
+        out = Image.fromarray(pixels.astype(np.float32)).resize((width, height), Image.Resampling.LANCZOS)
+        return np.clip(np.rint(np.asarray(out)), 0, 65535).astype(np.uint16)
     raise ValueError(f"expected uint8 or uint16 pixels, got {pixels.dtype}")
 
 

@@ -1,4 +1,4 @@
-"""VinDr-CXR annotations and DICOM listing, for the Kaggle and the PhysioNet layouts.
+"""VinDr-CXR annotations and image listing (DICOM, or PNG/JPEG copies), for the Kaggle and the PhysioNet layouts.
 
 Every reader returns one table of radiologist annotations with the columns
 ``image_id, rad_id, class_id, class_name, x_min, y_min, x_max, y_max``: one row per box, plus one
@@ -45,6 +45,9 @@ LABEL_SETS = ("kaggle", "local")
 # PhysioNet test files carry the 5-radiologist consensus and no rad_id column.
 CONSENSUS_READER = "consensus"
 DICOM_SUFFIXES = (".dicom", ".dcm")
+# Re-encoded copies (Kaggle users' PNG/JPEG sets), at original size or resized with a <split>_meta.csv.
+IMAGE_SUFFIXES = (*DICOM_SUFFIXES, ".png", ".jpg", ".jpeg")
+META_COLUMNS = ["image_id", "dim0", "dim1"]  # dim0 = rows (height), dim1 = columns (width) of the original
 # image_labels_test.csv spells one global label in the singular.
 _LABEL_ALIASES = {"Other disease": "Other diseases"}
 
@@ -160,25 +163,47 @@ def read_physionet_image_labels(path: str | Path) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def read_meta_csv(path: str | Path) -> pd.DataFrame:
+    """Read a ``train_meta.csv`` (image_id, dim0 = rows, dim1 = columns of the original image): the original
+    size of resized PNG/JPEG copies. Returns image_id, orig_width, orig_height; an id given twice, or a
+    size that is not a positive whole number, is an error naming the line."""
+    df = read_table(path, META_COLUMNS, what="VinDr image size file (image_id,dim0,dim1)")
+    image_id = require_text(path, df, "image_id")
+    first_bad(path, df, image_id.duplicated(), "image_id", "image id given twice")
+    rows = to_number(path, df, "dim0", integer=True, positive=True)
+    cols = to_number(path, df, "dim1", integer=True, positive=True)
+    return pd.DataFrame({"image_id": image_id.to_numpy(), "orig_width": cols.to_numpy(),
+                         "orig_height": rows.to_numpy()})
+
+
 @dataclass
 class VindrSource:
-    """What :func:`load_vindr` found: the layout, the DICOMs of a split and their annotations."""
+    """What :func:`load_vindr` found: the layout, the images of a split and their annotations."""
 
     layout: str  # "kaggle" or "physionet"
-    images: pd.DataFrame  # image_id, path (absolute), sorted by image_id
+    # image_id, path (absolute), sorted by image_id; orig_width, orig_height (NaN for DICOMs) when a
+    # size file gives the original size of PNG/JPEG copies
+    images: pd.DataFrame
     annotations: pd.DataFrame | None  # ANNOTATION_COLUMNS; None where the layout ships none (Kaggle test)
     image_labels: pd.DataFrame | None = None  # PhysioNet image_labels_<split>.csv when present
     root: Path | None = None
     dropped_rows: list[dict[str, str]] = field(default_factory=list)  # repeated rows dropped (on_duplicate="skip")
+    missing_images: list[str] = field(default_factory=list)  # annotated ids without a file (allow_missing_images)
+    meta_csv: Path | None = None  # the size file used, if any
 
 
 def load_vindr(root: str | Path, split: str = "train", label_set: str = "kaggle", *,
-               on_duplicate: str = "stop") -> VindrSource:
+               on_duplicate: str = "stop", allow_missing_images: bool = False,
+               meta_csv: str | Path | None = None) -> VindrSource:
     """Find a VinDr-CXR copy below ``root`` and read one split.
 
     Layout: ``root/train.csv`` -> Kaggle (``train/``, ``test/``; test has no annotations); ``root/annotations/``
     -> PhysioNet 1.0.0 (``annotations/annotations_<split>.csv`` and ``image_labels_<split>.csv``). Images
-    are ``root/<split>/*.dicom`` (or ``.dcm``). An annotated image without a DICOM is an error; DICOMs
+    are ``root/<split>/<image_id>`` + ``.dicom``/``.dcm``/``.png``/``.jpg``/``.jpeg``; two files for one id
+    is an error. PNG/JPEG copies may be resized: their original size then comes from ``meta_csv``, or from
+    ``root/<split>_meta.csv`` when it exists (image_id, dim0 = rows, dim1 = columns); with a size file in
+    use, a PNG/JPEG it does not list is an error. An annotated image without a file is an error, or with
+    ``allow_missing_images`` dropped with its rows, counted and returned in ``missing_images``. Image files
     without annotations are kept and counted in the log. ``on_duplicate`` (stop | skip): what a row
     repeated exactly in the annotation file does (see :func:`read_kaggle_train_csv`).
     """
@@ -199,7 +224,14 @@ def load_vindr(root: str | Path, split: str = "train", label_set: str = "kaggle"
             f"{root}: no VinDr-CXR copy found; looked for {kaggle_csv} (Kaggle layout) and "
             f"{physio_dir}/ (PhysioNet layout with annotations_train.csv)"
         )
-    images = _list_dicoms(root / split)
+    images = _list_images(root / split)
+    meta_path = Path(meta_csv) if meta_csv else root / f"{split}_meta.csv"
+    if meta_csv and not meta_path.is_file():
+        raise BtcxrError(f"--meta-csv {meta_csv}: file not found (expected image_id,dim0,dim1)")
+    if meta_path.is_file():
+        images = _with_original_sizes(images, meta_path)
+    else:
+        meta_path = None
     annotations = image_labels = None
     dropped: list[dict[str, str]] = []
     if layout == "kaggle":
@@ -213,28 +245,36 @@ def load_vindr(root: str | Path, split: str = "train", label_set: str = "kaggle"
         labels_path = physio_dir / f"image_labels_{split}.csv"
         if labels_path.is_file():
             image_labels = read_physionet_image_labels(labels_path)
+    missing: list[str] = []
     if annotations is not None:
         have = set(images["image_id"])
         annotated = pd.unique(annotations["image_id"])
         missing = [i for i in annotated if i not in have]
-        if missing:
+        if missing and not allow_missing_images:
             raise BtcxrError(
-                f"{root / split}: {len(missing)} of {len(annotated)} annotated images have no DICOM file "
-                f"(e.g. {', '.join(missing[:5])})"
+                f"{root / split}: {len(missing)} of {len(annotated)} annotated images have no image file "
+                f"(e.g. {', '.join(missing[:5])}); pass --allow-missing-images to leave them out (counted and "
+                "listed in errors.csv)"
             )
-        extra = len(have) - len(annotated)
+        if missing:
+            log.warning("%s: %d of %d annotated images have no image file; left out (e.g. %s)", root / split,
+                        len(missing), len(annotated), missing[0])
+            annotations = annotations[annotations["image_id"].isin(have)].reset_index(drop=True)
+            if image_labels is not None:
+                image_labels = image_labels[image_labels["image_id"].isin(have)].reset_index(drop=True)
+        extra = len(have) - (len(annotated) - len(missing))
         if extra:
-            log.info("%s: %d DICOMs have no annotation rows", root / split, extra)
-    log.info("VinDr %s layout, %s split: %d DICOMs", layout, split, len(images))
+            log.info("%s: %d image files have no annotation rows", root / split, extra)
+    log.info("VinDr %s layout, %s split: %d image files", layout, split, len(images))
     return VindrSource(layout=layout, images=images, annotations=annotations, image_labels=image_labels,
-                       root=root.resolve(), dropped_rows=dropped)
+                       root=root.resolve(), dropped_rows=dropped, missing_images=missing, meta_csv=meta_path)
 
 
-def check_boxes_inside(ann: pd.DataFrame, sizes: pd.DataFrame, source: str) -> None:
+def check_boxes_inside(ann: pd.DataFrame, sizes: pd.DataFrame, source: str, hint: str = "") -> None:
     """Fail when a box leaves its image (1 px tolerance) or an annotated image has no size.
 
     ``sizes`` has columns image_id, orig_width, orig_height. The message names ``source`` (the file the
-    boxes came from), the image, the box and the image size.
+    boxes came from), the image, the box and the image size, then ``hint``.
     """
     boxes = ann[ann[BOX_COLUMNS].notna().all(axis=1)]
     if boxes.empty:
@@ -256,7 +296,7 @@ def check_boxes_inside(ann: pd.DataFrame, sizes: pd.DataFrame, source: str) -> N
             f"{source}: image {row['image_id']}: box {row.get('class_name', '')}"
             f"{' by ' + str(row['rad_id']) if 'rad_id' in row else ''} "
             f"[{row['x_min']:g}, {row['y_min']:g}, {row['x_max']:g}, {row['y_max']:g}] lies outside the "
-            f"{int(row['orig_width'])} x {int(row['orig_height'])} image ({int(bad.sum())} such box(es))"
+            f"{int(row['orig_width'])} x {int(row['orig_height'])} image ({int(bad.sum())} such box(es)){hint}"
         )
 
 
@@ -314,21 +354,38 @@ def _read_boxes(path: str | Path, df: pd.DataFrame, is_box: pd.Series) -> pd.Dat
     return out
 
 
-def _list_dicoms(folder: Path) -> pd.DataFrame:
+def _list_images(folder: Path) -> pd.DataFrame:
     if not folder.is_dir():
-        raise BtcxrError(f"{folder}: image folder not found (expected the split's *.dicom files there)")
+        raise BtcxrError(f"{folder}: image folder not found (expected the split's <image_id>.dicom files there, "
+                         "or .png/.jpg copies)")
     rows: dict[str, str] = {}
     with os.scandir(folder) as it:
-        for entry in it:
+        for entry in sorted(it, key=lambda e: e.name):
             stem, suffix = os.path.splitext(entry.name)
-            if suffix.lower() in DICOM_SUFFIXES and entry.is_file():
+            if suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
                 if stem in rows:
-                    raise BtcxrError(f"{folder}: two DICOM files for image {stem}: {rows[stem]} and {entry.path}")
+                    raise BtcxrError(f"{folder}: two image files for image {stem}: {rows[stem]} and "
+                                     f"{os.path.abspath(entry.path)}; keep one")
                 rows[stem] = os.path.abspath(entry.path)
     if not rows:
-        raise BtcxrError(f"{folder}: no *.dicom or *.dcm files found")
+        raise BtcxrError(f"{folder}: no image files found (looked for {', '.join(IMAGE_SUFFIXES)})")
     images = pd.DataFrame({"image_id": list(rows), "path": list(rows.values())})
     return images.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def _with_original_sizes(images: pd.DataFrame, meta_path: Path) -> pd.DataFrame:
+    """images + orig_width, orig_height from the size file, for PNG/JPEG copies (DICOMs carry their own)."""
+    meta = read_meta_csv(meta_path)
+    out = images.merge(meta, on="image_id", how="left", validate="one_to_one")
+    is_dicom = out["path"].str.lower().str.endswith(DICOM_SUFFIXES)
+    out.loc[is_dicom, ["orig_width", "orig_height"]] = np.nan
+    unsized = ~is_dicom & out["orig_width"].isna()
+    if unsized.any():
+        raise BtcxrError(f"{out.loc[unsized, 'path'].iloc[0]}: not listed in {meta_path}, so its original size is "
+                         f"unknown and its boxes cannot be scaled ({int(unsized.sum())} such image(s)); add its "
+                         "image_id,dim0,dim1 row")
+    log.info("%s: original sizes of %d PNG/JPEG images", meta_path, int((~is_dicom).sum()))
+    return out
 
 
 __all__ = [
@@ -339,6 +396,7 @@ __all__ = [
     "class_names",
     "load_vindr",
     "no_finding_id",
+    "read_meta_csv",
     "read_kaggle_train_csv",
     "read_physionet_annotations",
     "read_physionet_image_labels",

@@ -184,6 +184,18 @@ def predict_loader(model: torch.nn.Module, loader: Iterable, env: DistEnv, amp: 
     return predictions_frame(ids, [per_image[i] for i in ids]), ids
 
 
-def lr_for_steps(lr: float, total_steps: int, warmup_iters: int, warmup_factor: float, final_lr: float) -> np.ndarray:
-    """The paper's schedule per iteration: linear warm-up from lr * warmup_factor, then cosine to final_lr."""
-    return warmup_cosine(lr, total_steps, warmup_iters, final_lr, warmup_start=lr * warmup_factor)
+def lr_for_steps(lr: float, total_steps: int, warmup_iters: int, warmup_factor: float, final_lr: float,
+                 steps_per_epoch: int = 1, cosine_by: str = "step") -> np.ndarray:
+    """The learning rate of every iteration: linear warm-up from lr * warmup_factor, then cosine to final_lr.
+
+    cosine_by="epoch" is MMDetection 2.x / mmcv's CosineAnnealing with by_epoch=True and a linear warm-up
+    by iterations, the paper's detector: epoch e runs at final + (lr - final)(1 + cos(pi e / epochs)) / 2,
+    and iteration i < warmup_iters at that value x (1 - (1 - i / warmup_iters)(1 - warmup_factor))."""
+    if cosine_by == "step":
+        return warmup_cosine(lr, total_steps, warmup_iters, final_lr, warmup_start=lr * warmup_factor)
+    steps = np.arange(total_steps)
+    epoch = steps // steps_per_epoch
+    epochs = -(-total_steps // steps_per_epoch)
+    regular = final_lr + 0.5 * (lr - final_lr) * (1 + np.cos(np.pi * epoch / epochs))
+    warm = (1 - (1 - steps / max(warmup_iters, 1)) * (1 - warmup_factor))
+    return np.where(steps < warmup_iters, regular * warm, regular)

@@ -118,7 +118,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, env: DistEnv) -> Pat
                                 weight_decay=cfg.optim.weight_decay)
     total_steps = cfg.optim.epochs * len(batches)
     lr_values = lr_for_steps(cfg.optim.lr, total_steps, cfg.optim.warmup_iters, cfg.optim.warmup_factor,
-                             cfg.optim.final_lr)
+                             cfg.optim.final_lr, len(batches), cfg.optim.cosine_by)
     scaler = grad_scaler(env.device, cfg.amp)
 
     start_epoch, step, best_ap50, best_epoch = 0, 0, -1.0, 0

@@ -28,6 +28,7 @@ class DataSection:
     vindr_cache: str | None = None           # or caches prepared earlier with `btcxr prepare`
     nih_cache: str | None = None
     cache_size: int = 640                    # longest side of cached images
+    vindr_protocol: str = "btcxr"            # VinDr ground truth and split: btcxr | paper (prepare --protocol)
     pretrain_size: int = 224                 # NIH cache for pre-training and the probe
 
 

@@ -162,7 +162,7 @@ def prepare_data(ctx: Context) -> None:
         if d.vindr_cache:
             ctx.vindr_cache = Path(d.vindr_cache)
         elif vindr_root:
-            ctx.vindr_cache = _cache(ctx, "vindr", vindr_root, d.cache_size)
+            ctx.vindr_cache = _cache(ctx, "vindr", vindr_root, d.cache_size, protocol=d.vindr_protocol)
         if d.nih_cache:
             ctx.nih_cache = Path(d.nih_cache)
         elif nih_root and needs_nih:
@@ -174,15 +174,19 @@ def prepare_data(ctx: Context) -> None:
                          "data.synthetic")
 
 
-def _cache(ctx: Context, dataset: str, root: Path | str, size: int, name: str | None = None) -> Path:
+def _cache(ctx: Context, dataset: str, root: Path | str, size: int, name: str | None = None,
+           protocol: str = "btcxr") -> Path:
     """OUT/cache/<name>. The data stage always calls prepare (it only adds what the raw folder gained);
     later stages look the cache up by its done marker."""
     from btcxr.data.cache import PrepareSettings, prepare
 
     cache = ctx.out / "cache" / (name or dataset)
-    key = fingerprint({"dataset": dataset, "root": str(root), "size": size})
+    # The protocol enters the key only when it is not the default, so caches marked before it existed stay done.
+    key = fingerprint({"dataset": dataset, "root": str(root), "size": size,
+                       **({"protocol": protocol} if protocol != "btcxr" else {})})
     if "data" in ctx.stages:
-        prepare(PrepareSettings(dataset=dataset, root=str(root), out=str(cache), size=size, workers=ctx.workers))
+        prepare(PrepareSettings(dataset=dataset, root=str(root), out=str(cache), size=size, workers=ctx.workers,
+                                protocol=protocol))
         _mark_done(cache, key)
     elif not _is_done(cache, key):
         _must_run(ctx, "data", cache)
@@ -650,6 +654,14 @@ def report_done(ctx: Context) -> bool:
     return key is not None and _is_done(ctx.out / "report", key)
 
 
+def _ground_truth_note(ctx: Context) -> list[str]:
+    """The report says which protocol made the VinDr boxes and split (from the cache's prepare.json)."""
+    from btcxr.data.cache_format import read_settings
+
+    text = read_settings(ctx.vindr_cache).get("ground_truth") if ctx.vindr_cache else None
+    return [f"VinDr ground truth and split: {text}."] if text else []
+
+
 def mark_report_done(ctx: Context) -> None:
     _mark_done(ctx.out / "report", _report_key(ctx))
 
@@ -672,6 +684,6 @@ def write_report(ctx: Context) -> Path | None:
     browser = build_browser(ctx)
     index = build_report(ctx.out / "report", results, baseline=ctx.baseline, localisation=localisation,
                          cam_grids=grids, configs={k: v for k, v in ctx.configs.items() if v.exists()},
-                         versions=library_versions(), notes=ctx.notes, browser=browser)
+                         versions=library_versions(), notes=[*ctx.notes, *_ground_truth_note(ctx)], browser=browser)
     log.info("report: %s", index)
     return index

@@ -1,6 +1,6 @@
 """Every knob of Barlow Twins pre-training, as dataclasses read by `btcxr.config.load_config`.
 
-The defaults are the paper's recipe (method.md, Stage 1); `configs/pretrain/*.yaml` only spell out what a
+The defaults are the paper's recipe (docs/paper.md, Stage 1); `configs/pretrain/*.yaml` only spell out what a
 setting changes or what a reader should see at a glance.
 """
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +30,15 @@ from btcxr.ssl.config import PretrainConfig, check_world
 from btcxr.ssl.data import build_loader
 from btcxr.ssl.heatmap import save_corr_heatmap
 from btcxr.ssl.lars import LARS, lars_param_groups
-from btcxr.ssl.loss import barlow_twins_loss
-from btcxr.ssl.model import BarlowTwins, embedding_spread
+from btcxr.ssl.loss import LossTerms, barlow_twins_loss
+from btcxr.ssl.model import BarlowTwins, Embeddings, embedding_spread
 from btcxr.ssl.syncbn import convert_sync_batchnorm
 from btcxr.ssl.views import loader_transform, model_input
 
 log = logging.getLogger(__name__)
 BACKBONE = "backbone.pth"
 KIND = "btcxr-pretrain"
+NON_FINITE_HINT = "Lower optim.lr_weights, use amp=bf16 rather than fp16, or check the images."
 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
@@ -88,23 +91,34 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Pat
             loader.sampler.set_epoch(epoch, skip=(step - epoch * steps_per_epoch) * per_rank)
             for batch in loader:
                 y1, y2 = _device_views(batch, batched, cfg, env, step)
-                for group, lr in zip(optimizer.param_groups, (lr_w[step], lr_b[step])):
-                    group["lr"] = float(lr)
-                with autocast(env.device, cfg.amp):
-                    emb = fwd(y1, y2)
-                terms = barlow_twins_loss(emb.n1, emb.n2, cfg.lambd, cfg.batch_size, reduce=env.distributed)
-                run.check_finite(terms.loss, step, epoch,
-                                 "Lower optim.lr_weights, use amp=bf16 rather than fp16, or check the images.")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(terms.loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                check = partial(run.check_finite, step=step, epoch=epoch, hint=NON_FINITE_HINT)
+                emb, terms = train_step(fwd, optimizer, scaler, y1, y2, (lr_w[step], lr_b[step]), cfg, env, check)
                 step += 1
                 monitor.after_step(step, epoch, emb, terms, terms.loss.item(), optimizer)
                 checkpoint_when_due(run, cfg, step, steps_per_epoch, model, optimizer, scaler)
     finally:
         monitor.close()
     return save_backbone(run, model.backbone)
+
+
+def train_step(fwd: nn.Module, optimizer: LARS, scaler: torch.amp.GradScaler, y1: torch.Tensor,
+               y2: torch.Tensor, lrs: tuple[float, float], cfg: PretrainConfig, env: DistEnv,
+               check: Callable[[torch.Tensor], None] | None = None) -> tuple[Embeddings, LossTerms]:
+    """One optimizer step of the loop: the two groups' learning rates (weights, biases), both views embedded
+    (under autocast), the loss over the global batch (c summed over the ranks), `check(loss)` (the loop
+    stops there on a non-finite loss), backward and the LARS step."""
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = float(lr)
+    with autocast(env.device, cfg.amp):
+        emb = fwd(y1, y2)
+    terms = barlow_twins_loss(emb.n1, emb.n2, cfg.lambd, cfg.batch_size, reduce=env.distributed)
+    if check is not None:
+        check(terms.loss)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms.loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return emb, terms
 
 
 def optimizer_and_scaler(cfg: PretrainConfig, model: nn.Module, env: DistEnv) -> tuple[LARS, torch.amp.GradScaler]:
@@ -187,12 +201,12 @@ def build_model(cfg: PretrainConfig, fresh: bool = True) -> BarlowTwins:
 
 
 def lr_schedules(cfg: PretrainConfig, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step learning rates of the weight and bias groups: peak = lr x batch/256, linear warm-up, cosine
-    to final_lr_ratio x peak."""
+    """Per-step learning rates of the weight and bias groups: peak = lr x batch/256, linear warm-up from 0,
+    cosine to final_lr_ratio x peak, reached one step after the last as in the Barlow Twins script."""
     o, total = cfg.optim, cfg.epochs * steps_per_epoch
     warmup = round(o.warmup_epochs * steps_per_epoch)
     scale = cfg.batch_size / 256
-    w, b = (warmup_cosine(lr * scale, total, warmup, o.final_lr_ratio * lr * scale)
+    w, b = (warmup_cosine(lr * scale, total, warmup, o.final_lr_ratio * lr * scale, final_after_last=True)
             for lr in (o.lr_weights, o.lr_biases))
     return w, b
 
