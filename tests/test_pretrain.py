@@ -77,8 +77,8 @@ def _fixed_batch_loss(cfg: PretrainConfig, model: torch.nn.Module) -> float:
 
 def test_demo_run_learns_and_writes_a_torchvision_backbone(cache, tmp_path):
     out = tmp_path / "run"
-    args = ["pretrain", "--config", str(DEMO), f"data.cache={cache}", *TINY, *EASY_VIEWS, "tensorboard=true",
     # lr 2.0 (the demo config's): the loss ratio below is about 0.33; at 8.0 it sat near the 0.8 bound.
+    args = ["pretrain", "--config", str(DEMO), f"data.cache={cache}", *TINY, *EASY_VIEWS, "tensorboard=true",
             "epochs=8", "batch_size=32", "model.projector=[64,16]", "optim.lr_weights=2.0", "optim.lr_biases=0.1",
             "optim.eta=0.05", "optim.warmup_epochs=1", "corr_every_steps=4", "--out", str(out)]
     assert main(args) == 0
