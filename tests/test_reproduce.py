@@ -526,3 +526,13 @@ def test_paper_experiment_plans_the_papers_arms_on_the_papers_ground_truth(monke
         for f in (0.01, 0.1, 1.0) for seed in (0, 1, 2)}
     cfg = rp.detection_config(ctx, next(r for r in runs if r.size == 224 and r.init == "btcxr"))
     assert cfg.model.size == 224 and cfg.data.cache == str(tmp_path / "cache" / "vindr")
+
+
+def test_report_notes_say_which_protocol_made_the_ground_truth(tmp_path):
+    exp = load_experiment(CONFIGS / "demo.yaml")
+    ctx = rp.Context(exp, CONFIGS / "demo.yaml", tmp_path)
+    assert rp._ground_truth_note(ctx) == []
+    ctx.vindr_cache = tmp_path / "cache"
+    ctx.vindr_cache.mkdir()
+    (ctx.vindr_cache / "prepare.json").write_text(json.dumps({"ground_truth": "the paper's protocol: x"}))
+    assert rp._ground_truth_note(ctx) == ["VinDr ground truth and split: the paper's protocol: x."]
