@@ -134,13 +134,13 @@ def run_variant(args: argparse.Namespace) -> dict:
     from btcxr.backbones import FEATURE_DIM, build_resnet
     from btcxr.config import load_config
     from btcxr.engine.distributed import DistEnv
-    from btcxr.ssl.batched_views import BatchedViews
-    from btcxr.ssl.config import PretrainConfig
-    from btcxr.ssl.data import build_loader
-    from btcxr.ssl.lars import LARS, lars_param_groups
-    from btcxr.ssl.loss import barlow_twins_loss
-    from btcxr.ssl.model import BarlowTwins
-    from btcxr.ssl.views import loader_transform, model_input
+    from btcxr.pretrain.barlow_twins.loss import barlow_twins_loss
+    from btcxr.pretrain.barlow_twins.model import BarlowTwins
+    from btcxr.pretrain.batched_views import BatchedViews
+    from btcxr.pretrain.config import PretrainConfig
+    from btcxr.pretrain.data import build_loader
+    from btcxr.pretrain.lars import LARS, lars_param_groups
+    from btcxr.pretrain.views import loader_transform, model_input
 
     if args.threads:
         torch.set_num_threads(args.threads)

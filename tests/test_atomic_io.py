@@ -247,7 +247,7 @@ def _explain_detectors(path):
 def _resumed_run(path):
     from btcxr.engine.distributed import DistEnv
     from btcxr.engine.run import CHECKPOINT, RunDir
-    from btcxr.ssl.config import PretrainConfig
+    from btcxr.pretrain.config import PretrainConfig
 
     run_dir = path.parent / "run"
     run_dir.mkdir()

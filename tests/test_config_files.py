@@ -148,7 +148,7 @@ def test_training_commands_take_a_name(monkeypatch, tmp_path, capsys):
             return Path(out) / "best.pt"
         return run
 
-    monkeypatch.setattr("btcxr.ssl.train.pretrain", record("pretrain"))
+    monkeypatch.setattr("btcxr.pretrain.run.pretrain", record("pretrain"))
     monkeypatch.setattr("btcxr.classify.train.probe", record("probe"))
     monkeypatch.setattr("btcxr.detect.train.finetune", record("finetune"))
     assert main(["pretrain", "--config", "paper", "--out", str(tmp_path / "p")]) == 0

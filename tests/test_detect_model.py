@@ -9,14 +9,9 @@ import torchvision
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from btcxr.backbones import DEFAULT_IMAGENET, backbone_state_dict
+from btcxr.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from btcxr.detect.config import ModelConfig
-from btcxr.detect.model import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_detector,
-    detector_checkpoint,
-    load_detector,
-)
+from btcxr.detect.model import build_detector, detector_checkpoint, load_detector
 from btcxr.engine.checkpoint import save_checkpoint
 from btcxr.errors import BtcxrError
 
@@ -197,7 +192,7 @@ def test_pretraining_and_finetuning_normalise_a_gray_image_the_same_way():
     """The transfer path: a cache image reaches the pre-training backbone (ssl.views.model_input, from uint8)
     and the detector's body (its transform, from the dataset's float in [0, 1]) as the same tensor."""
     from btcxr.data.datasets import to_unit_float
-    from btcxr.ssl.views import model_input
+    from btcxr.pretrain.views import model_input
 
     gray = torch.randint(0, 256, (1, 1, 64, 32), dtype=torch.uint8)
     pretrain_input = model_input(gray)

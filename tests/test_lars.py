@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from btcxr.ssl.config import PretrainConfig
-from btcxr.ssl.lars import LARS, lars_param_groups
-from btcxr.ssl.train import lr_schedules
+from btcxr.pretrain.common import lr_schedules
+from btcxr.pretrain.config import PretrainConfig
+from btcxr.pretrain.lars import LARS, lars_param_groups
 
 
 def _norm(v: list[float]) -> float:

@@ -65,7 +65,7 @@ class Recorder:
 
         monkeypatch.setattr(cache, "prepare", prepare)
         monkeypatch.setattr(build, "build_report", report)
-        monkeypatch.setattr("btcxr.ssl.train.pretrain", self.pretrain)
+        monkeypatch.setattr("btcxr.pretrain.run.pretrain", self.pretrain)
         monkeypatch.setattr("btcxr.detect.train.finetune", self.finetune)
 
     def pretrain(self, cfg, out_dir, resume=False):

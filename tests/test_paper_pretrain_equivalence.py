@@ -34,9 +34,10 @@ from torch import nn
 from btcxr.config import load_config
 from btcxr.config_files import CONFIG_DIR
 from btcxr.engine.distributed import DistEnv
-from btcxr.ssl.config import PretrainConfig, check_world
-from btcxr.ssl.syncbn import convert_sync_batchnorm
-from btcxr.ssl.train import build_model, lr_schedules, optimizer_and_scaler, train_step
+from btcxr.engine.syncbn import convert_sync_batchnorm
+from btcxr.pretrain.barlow_twins.loop import build_model, train_step
+from btcxr.pretrain.common import lr_schedules, optimizer_and_scaler
+from btcxr.pretrain.config import PretrainConfig, check_world
 
 PAPER = CONFIG_DIR / "pretrain" / "paper.yaml"
 BATCH, SIZE = 8, 32  # global batch; image side

@@ -20,11 +20,12 @@ from btcxr.engine.checkpoint import load_checkpoint
 from btcxr.engine.distributed import DistEnv
 from btcxr.engine.runlog import read_metrics
 from btcxr.errors import BtcxrError
-from btcxr.ssl import train as train_mod
-from btcxr.ssl.config import PretrainConfig
-from btcxr.ssl.data import build_loader
-from btcxr.ssl.loss import barlow_twins_loss
-from btcxr.ssl.views import loader_transform, model_input
+from btcxr.pretrain import run as run_mod
+from btcxr.pretrain.barlow_twins import loop as train_mod
+from btcxr.pretrain.barlow_twins.loss import barlow_twins_loss
+from btcxr.pretrain.config import PretrainConfig
+from btcxr.pretrain.data import build_loader
+from btcxr.pretrain.views import loader_transform, model_input
 
 DEMO = CONFIG_DIR / "pretrain" / "demo.yaml"
 PAPER = CONFIG_DIR / "pretrain" / "paper.yaml"
@@ -145,7 +146,7 @@ def small_cache(tmp_path_factory) -> Path:
 def straight_run(small_cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("straight")
     torch.set_num_threads(1)
-    train_mod.pretrain(tiny(small_cache, *RESUME), out)
+    run_mod.pretrain(tiny(small_cache, *RESUME), out)
     return out
 
 
@@ -156,10 +157,10 @@ def test_killed_and_resumed_run_equals_the_straight_run(small_cache, tmp_path, m
     cfg = tiny(small_cache, *RESUME)
     _kill_after_saving(monkeypatch, kill_at)
     with pytest.raises(Killed):
-        train_mod.pretrain(cfg, out)
+        run_mod.pretrain(cfg, out)
     assert load_checkpoint(out / "last.pt")["step"] == kill_at
     monkeypatch.undo()
-    train_mod.pretrain(cfg, out, resume=True)
+    run_mod.pretrain(cfg, out, resume=True)
     assert _losses(out) == _losses(straight_run)
     a, b = _weights(out), _weights(straight_run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -171,15 +172,15 @@ def test_killed_and_resumed_run_equals_the_straight_run(small_cache, tmp_path, m
 def test_a_changed_config_is_refused_and_a_missing_checkpoint_cannot_be_resumed(small_cache, tmp_path,
                                                                                 straight_run):
     with pytest.raises(BtcxrError, match=r"another config \(lambd: 0.0051 in the run, 0.01 now"):
-        train_mod.pretrain(tiny(small_cache, *RESUME, "lambd=0.01"), straight_run)
+        run_mod.pretrain(tiny(small_cache, *RESUME, "lambd=0.01"), straight_run)
     with pytest.raises(BtcxrError, match="nothing to resume"):
-        train_mod.pretrain(tiny(small_cache, *RESUME), tmp_path / "empty", resume=True)
+        run_mod.pretrain(tiny(small_cache, *RESUME), tmp_path / "empty", resume=True)
 
 
 def test_finished_run_found_again_only_rewrites_the_backbone(small_cache, straight_run):
     before = _weights(straight_run)
     (straight_run / "backbone.pth").unlink()
-    path = train_mod.pretrain(tiny(small_cache, *RESUME, "data.num_workers=1"), straight_run)  # may change
+    path = run_mod.pretrain(tiny(small_cache, *RESUME, "data.num_workers=1"), straight_run)  # may change
     assert path == straight_run / "backbone.pth" and path.is_file()
     after = _weights(straight_run)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -200,7 +201,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(train_mod, "barlow_twins_loss", poisoned)
     out = tmp_path / "run"
     with pytest.raises(BtcxrError, match=r"non-finite loss \(nan\) at step 4 .*last good state \(step 2\)"):
-        train_mod.pretrain(tiny(small_cache, *RESUME), out)
+        run_mod.pretrain(tiny(small_cache, *RESUME), out)
     assert load_checkpoint(out / "last.pt")["step"] == 2
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
 
@@ -219,7 +220,7 @@ def test_paper_config_holds_the_paper_recipe():
 def test_a_missing_cache_is_named_before_any_model_is_built(tmp_path):
     cfg = load_config(PretrainConfig, PAPER)  # the placeholder cache path, ImageNet init (never reached)
     with pytest.raises(BtcxrError, match="/path/to/cache/nih224: not a prepared cache"):
-        train_mod.pretrain(cfg, tmp_path / "run")
+        run_mod.pretrain(cfg, tmp_path / "run")
 
 
 # --------------------------------------------------------------------------- backbone inits it can read
@@ -268,7 +269,7 @@ def test_run_from_a_weights_file_with_views_made_on_the_device(cache, tmp_path):
     model = train_mod.build_model(tiny(cache, *over))
     assert torch.equal(model.backbone.conv1.weight, reference["conv1.weight"])
     assert [type(m).__name__ for m in model.projector] == ["Linear"]  # widths [16]: one layer
-    runs = [train_mod.pretrain(tiny(cache, *over), tmp_path / name).parent for name in ("a", "b")]
+    runs = [run_mod.pretrain(tiny(cache, *over), tmp_path / name).parent for name in ("a", "b")]
     rows = read_metrics(runs[0], "train")
     assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
     assert [r["loss"] for r in rows] == [r["loss"] for r in read_metrics(runs[1], "train")]  # seeded draws
@@ -279,7 +280,7 @@ def test_run_from_a_weights_file_with_views_made_on_the_device(cache, tmp_path):
 
 def test_intermediate_backbones_at_the_chosen_steps_start_with_the_init(small_cache, tmp_path):
     out = tmp_path / "run"
-    train_mod.pretrain(tiny(small_cache, *RESUME, "backbone_steps=[0,3,8]"), out)
+    run_mod.pretrain(tiny(small_cache, *RESUME, "backbone_steps=[0,3,8]"), out)
     steps = {p.name: load_checkpoint(p) for p in out.glob("backbone_step*.pth")}
     assert set(steps) == {"backbone_step0.pth", "backbone_step3.pth", "backbone_step8.pth"}
     torch.manual_seed(0)  # the run's seed: step 0 is the untrained init itself

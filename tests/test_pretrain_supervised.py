@@ -17,8 +17,8 @@ from btcxr.config_files import CONFIG_DIR
 from btcxr.engine.checkpoint import load_checkpoint
 from btcxr.engine.runlog import read_metrics
 from btcxr.errors import BtcxrError
-from btcxr.ssl.config import PretrainConfig
-from btcxr.ssl.train import pretrain
+from btcxr.pretrain.config import PretrainConfig
+from btcxr.pretrain.run import pretrain
 
 SUPERVISED = ["method=supervised", "views.policy=radiograph", "views.radiograph.crop_scale=[0.8,1]",
               "views.radiograph.rotation_deg=0", "views.radiograph.noise_p=0", "views.radiograph.blur_p=[0,0]",

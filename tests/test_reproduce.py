@@ -363,7 +363,7 @@ def test_offline_arms_stand_in_for_imagenet_and_add_the_positive_control(tmp_pat
         inits[Path(out_dir).name] = cfg.model.init
         return fine(cfg, out_dir, resume)
 
-    monkeypatch.setattr("btcxr.ssl.train.pretrain", pre)
+    monkeypatch.setattr("btcxr.pretrain.run.pretrain", pre)
     monkeypatch.setattr("btcxr.detect.train.finetune", finetune)
     out = tmp_path / "out"
     index = launcher.reproduce(exp_path, out=out, workers=1)
@@ -447,7 +447,7 @@ def test_probe_curve_over_pre_training_steps_between_floor_and_ceiling(tmp_path,
                                                       "test": {"mean_auroc": auroc}, "val": {"mean_auroc": auroc}}))
         return {}
 
-    monkeypatch.setattr("btcxr.ssl.train.pretrain", fake_pretrain)
+    monkeypatch.setattr("btcxr.pretrain.run.pretrain", fake_pretrain)
     monkeypatch.setattr("btcxr.classify.train.probe", fake_probe)
     monkeypatch.setattr("btcxr.detect.train.finetune", FakeFinetune())
     index = launcher.reproduce(exp_path, out=tmp_path / "out")

@@ -27,7 +27,7 @@ from btcxr.engine.run import RESUME_FREE_KEYS, RunDir, config_differences
 from btcxr.engine.runlog import read_metrics
 from btcxr.engine.runtime import autocast, resolve_device, seed_everything
 from btcxr.errors import BtcxrError
-from btcxr.ssl.config import PretrainConfig
+from btcxr.pretrain.config import PretrainConfig
 
 
 @dataclasses.dataclass

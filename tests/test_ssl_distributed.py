@@ -16,10 +16,10 @@ from test_pretrain import make_unlabeled_cache, tiny
 from btcxr.backbones import build_resnet
 from btcxr.engine.checkpoint import load_checkpoint
 from btcxr.engine.runlog import read_metrics
-from btcxr.ssl.loss import barlow_twins_loss, cross_correlation
-from btcxr.ssl.model import BarlowTwins
-from btcxr.ssl.syncbn import convert_sync_batchnorm
-from btcxr.ssl.train import pretrain
+from btcxr.engine.syncbn import convert_sync_batchnorm
+from btcxr.pretrain.barlow_twins.loss import barlow_twins_loss, cross_correlation
+from btcxr.pretrain.barlow_twins.model import BarlowTwins
+from btcxr.pretrain.run import pretrain
 
 B = 4  # images per rank
 RUN = ["epochs=1", "batch_size=8", "model.projector=[32,16]", "checkpoint_every_steps=0"]

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from btcxr.ssl.loss import barlow_twins_loss, off_diagonal
-from btcxr.ssl.model import BarlowTwins, embedding_spread
+from btcxr.pretrain.barlow_twins.loss import barlow_twins_loss, off_diagonal
+from btcxr.pretrain.barlow_twins.model import BarlowTwins, embedding_spread
 
 
 def _batch_norm_loops(z: list[list[float]], eps: float = 1e-5) -> list[list[float]]:

@@ -11,10 +11,11 @@ from torchvision.ops import roi_align
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from btcxr.ssl import batched_views as bv
-from btcxr.ssl.config import ViewsConfig
-from btcxr.ssl.data import SeededViews
-from btcxr.ssl.views import IMAGENET_MEAN, IMAGENET_STD, FixedSize, TwoViews, model_input, paper_view
+from btcxr.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from btcxr.pretrain import batched_views as bv
+from btcxr.pretrain.config import ViewsConfig
+from btcxr.pretrain.data import SeededViews
+from btcxr.pretrain.views import FixedSize, TwoViews, model_input, paper_view
 
 
 def _image(h: int = 40, w: int = 48, seed: int = 0) -> torch.Tensor:

@@ -7,9 +7,7 @@ from torch import nn
 
 from btcxr.backbones import FEATURE_DIM, build_resnet
 from btcxr.data.classes import NIH_LABELS
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from btcxr.data.imagenet import gray_to_imagenet
 
 
 class ProbeModel(nn.Module):
@@ -30,8 +28,6 @@ class ProbeModel(nn.Module):
         nn.init.normal_(self.head.weight, mean=0.0, std=0.01)
         nn.init.zeros_(self.head.bias)
         self.frozen = frozen
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if frozen:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -44,8 +40,7 @@ class ProbeModel(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features of gray images in [0, 1]."""
-        x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-        x = (x - self.mean) / self.std
+        x = gray_to_imagenet(images)
         if self.frozen:
             with torch.no_grad():
                 return self.backbone(x)

@@ -67,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from btcxr.config import load_config
     from btcxr.config_files import resolve_config
-    from btcxr.ssl.config import PretrainConfig
-    from btcxr.ssl.train import pretrain
+    from btcxr.pretrain.config import PretrainConfig
+    from btcxr.pretrain.run import pretrain
 
     cfg = load_config(PretrainConfig, resolve_config(args.config, "pretrain") if args.config else None,
                       args.overrides)

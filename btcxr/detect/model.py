@@ -37,6 +37,7 @@ from torchvision.ops.poolers import initLevelMapper
 
 from btcxr.backbones import backbone_state_dict, build_resnet
 from btcxr.data.classes import VINDR_CLASSES
+from btcxr.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from btcxr.detect.config import ModelConfig
 from btcxr.engine.checkpoint import library_versions, load_checkpoint
 from btcxr.errors import BtcxrError
@@ -44,8 +45,6 @@ from btcxr.errors import BtcxrError
 log = logging.getLogger(__name__)
 
 NUM_OUTPUTS = len(VINDR_CLASSES) + 1  # background + 14 findings ("No finding" is not a detection class)
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 # Stages trained for each `trainable_layers`, top first (torchvision's _resnet_fpn_extractor rule).
 _STAGES = ["layer4", "layer3", "layer2", "layer1", "conv1"]
 CHECKPOINT_KIND = "btcxr-detector"
@@ -199,14 +198,15 @@ def build_detector(cfg: ModelConfig) -> FasterRCNN:
         box_predictor=FastRCNNPredictor(cfg.box_head_dim, NUM_OUTPUTS),
         min_size=cfg.size,
         max_size=cfg.size,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
         rpn_anchor_generator=_anchor_generator(cfg),
         box_roi_pool=roi_pool,
         **_detector_arguments(cfg),
     )
     # min_size = max_size = size: the longest side becomes `size` whatever the aspect; pad to 32.
-    model.transform = GrayscaleRCNNTransform(cfg.size, cfg.size, IMAGENET_MEAN, IMAGENET_STD, size_divisible=32)
+    model.transform = GrayscaleRCNNTransform(cfg.size, cfg.size, list(IMAGENET_MEAN), list(IMAGENET_STD),
+                                             size_divisible=32)
     # FasterRCNN takes no argument for these two: the RPN box coder is built with weights (1, 1, 1, 1).
     model.rpn.box_coder = BoxCoder(tuple(cfg.rpn_box_weights))
     if cfg.rpn_min_pos_iou > 0:

@@ -290,7 +290,7 @@ def _archs(ctx: Context) -> set[str]:
     """The ResNet depths that would load ImageNet weights in this experiment."""
     from btcxr.classify.config import ProbeConfig
     from btcxr.detect.config import FinetuneConfig
-    from btcxr.ssl.config import PretrainConfig
+    from btcxr.pretrain.config import PretrainConfig
 
     exp = ctx.exp
     stages = [(exp.detection, FinetuneConfig, exp.finetune, "finetune"),
@@ -302,7 +302,7 @@ def _archs(ctx: Context) -> set[str]:
 
 def run_cross_domain(ctx: Context) -> tuple[Path, str]:
     """The ImageNet stand-in: Barlow Twins from random init on the dead-leaves pictures' cache."""
-    from btcxr.ssl.config import PretrainConfig
+    from btcxr.pretrain.config import PretrainConfig
 
     cd = ctx.exp.cross_domain
     cache, data_key = _natural_data(ctx)
@@ -313,7 +313,7 @@ def run_cross_domain(ctx: Context) -> tuple[Path, str]:
 
 def run_pretrain(ctx: Context) -> None:
     """Our pre-training (init spec "btcxr") and the positive control ("supervised"), each when compared."""
-    from btcxr.ssl.config import PretrainConfig
+    from btcxr.pretrain.config import PretrainConfig
 
     specs = set(ctx.inits.values())
     base = ctx.config(ctx.exp.pretrain.config, "pretrain")
@@ -352,7 +352,7 @@ def _start(ctx: Context, cfg):
 
 def _pretrain_stage(ctx: Context, name: str, cfg, data_key: str | None = None) -> tuple[Path, str]:
     """Run (or find finished, or resume) one pre-training into OUT/name; (backbone.pth, its fingerprint)."""
-    from btcxr.ssl.train import pretrain
+    from btcxr.pretrain.run import pretrain
 
     run_dir = ctx.out / name
     settings = {"config": config_to_dict(cfg), "data": data_key or ctx.data_key}

@@ -26,7 +26,7 @@ def projector(in_dim: int, widths: list[int] | tuple[int, ...]) -> nn.Sequential
 
 
 class BarlowTwins(nn.Module):
-    """Embeds two views with a shared backbone and projector. The loss lives in `btcxr.ssl.loss` so that it
+    """Embeds two views with a shared backbone and projector. The loss lives in `btcxr.pretrain.barlow_twins.loss` so that it
     runs in fp32 outside autocast and outside DDP."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, widths: list[int] | tuple[int, ...]):

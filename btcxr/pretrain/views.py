@@ -11,7 +11,7 @@ Policies (config `views.policy`):
   contrast and gamma, some blur and noise (`RadiographViewsConfig`).
 
 With `views.on_gpu` the loader only brings every image to one fixed size (`fixed_size`) and
-`btcxr.ssl.batched_views` makes the views for the whole batch on the device.
+`btcxr.pretrain.batched_views` makes the views for the whole batch on the device.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from btcxr.ssl.config import RadiographViewsConfig, ViewsConfig
+from btcxr.data.imagenet import gray_to_imagenet
+from btcxr.pretrain.config import RadiographViewsConfig, ViewsConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PAPER_BLUR_SIGMA = (0.1, 2.0)
 PAPER_BLUR_P = (1.0, 0.1)
 PAPER_SOLARIZE_P = (0.0, 0.2)
@@ -146,8 +145,5 @@ def loader_transform(cfg: ViewsConfig) -> TwoViews | FixedSize:
 
 def model_input(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """Gray batch (B, 1, H, W), uint8 or float in [0, 1], on the device -> ImageNet-normalised 3 channels."""
-    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    x = (x.expand(-1, 3, -1, -1) - mean) / std
+    x = gray_to_imagenet(x)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -2,8 +2,9 @@
 
 The benchmark's positive control: an init that must help detection if the benchmark can see transfer at
 all. It is `btcxr pretrain` with `method: supervised`: the same config, run directory, data order, views
-(the first of the pair), LARS and schedules, checkpoint and backbone.pth as Barlow Twins; only the head
-(one linear layer in place of the projector) and the loss differ. The loop reads top to bottom.
+(the first of the pair), LARS and schedules, resume check, checkpoint and backbone.pth as Barlow Twins
+(pretrain/common.py); only the head (the probe's ProbeModel: one linear layer over the labels) and the loss
+differ. The loop reads top to bottom.
 """
 
 from __future__ import annotations
@@ -16,36 +17,30 @@ from torch import nn
 from tqdm import tqdm
 
 from btcxr.backbones import FEATURE_DIM, build_resnet
-from btcxr.data.classes import NIH_LABELS
+from btcxr.classify.model import ProbeModel
 from btcxr.data.datasets import LabelledImages
 from btcxr.engine.distributed import DistEnv, mean_over_ranks
 from btcxr.engine.run import RunDir
 from btcxr.engine.runtime import autocast, seed_everything
+from btcxr.engine.syncbn import convert_sync_batchnorm
 from btcxr.logs import progress_disabled
-from btcxr.ssl.config import PretrainConfig, check_world
-from btcxr.ssl.data import build_loader
-from btcxr.ssl.syncbn import convert_sync_batchnorm
-from btcxr.ssl.views import LabelledView, model_input
+from btcxr.pretrain.common import (
+    checkpoint_when_due,
+    lr_schedules,
+    optimizer_and_scaler,
+    restore,
+    save_backbone,
+)
+from btcxr.pretrain.config import PretrainConfig, check_world
+from btcxr.pretrain.data import build_loader
+from btcxr.pretrain.views import LabelledView
 
 log = logging.getLogger(__name__)
 KIND = "btcxr-pretrain-supervised"
 
 
-class Classifier(nn.Module):
-    """Backbone + one linear layer over the NIH labels (`head.` keys are not part of backbone.pth)."""
-
-    def __init__(self, backbone: nn.Module, feature_dim: int):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(feature_dim, len(NIH_LABELS))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
-def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
-    from btcxr.ssl.train import checkpoint_when_due, lr_schedules, optimizer_and_scaler, save_backbone
-
+def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
+    """Supervised pre-training into the run folder `out`; returns the path of backbone.pth."""
     per_rank = check_world(cfg, env.world_size)
     run = RunDir(out, cfg, env, kind=KIND, resume=resume)
     splits = tuple(cfg.data.splits) if cfg.data.splits is not None else None
@@ -54,8 +49,8 @@ def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistE
     seed_everything(cfg.seed)  # the same initial weights on every rank
     m = cfg.model
     init = m.init if not run.resumed else "random"  # a checkpoint overwrites the weights anyway
-    model = Classifier(build_resnet(m.arch, init=init, weights_file=m.weights_file,
-                                    imagenet_weights=m.imagenet_weights), FEATURE_DIM[m.arch]).to(env.device)
+    backbone = build_resnet(m.arch, init=init, weights_file=m.weights_file, imagenet_weights=m.imagenet_weights)
+    model = ProbeModel(backbone, FEATURE_DIM[m.arch], frozen=False).to(env.device)
     if env.distributed:
         model = convert_sync_batchnorm(model, env.device)  # batch statistics over the global batch
     if cfg.channels_last:
@@ -63,7 +58,7 @@ def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistE
     optimizer, scaler = optimizer_and_scaler(cfg, model, env)
     steps_per_epoch = len(loader)
     lr_w, lr_b = lr_schedules(cfg, steps_per_epoch)
-    step = int(run.restore(model=model, optimizer=optimizer, scaler=scaler)["step"]) if run.resumed else 0
+    step = restore(run, steps_per_epoch, model=model, optimizer=optimizer, scaler=scaler)
     fwd: nn.Module = nn.parallel.DistributedDataParallel(model) if env.distributed else model
     fwd = torch.compile(fwd) if cfg.compile else fwd
     criterion = nn.BCEWithLogitsLoss()
@@ -80,7 +75,7 @@ def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistE
         for epoch in range(step // steps_per_epoch, cfg.epochs):
             loader.sampler.set_epoch(epoch, skip=(step - epoch * steps_per_epoch) * per_rank)
             for x, y in loader:
-                x = model_input(x.to(env.device, non_blocking=True), cfg.channels_last)
+                x = x.to(env.device, non_blocking=True)  # gray in [0, 1]: ProbeModel normalises it
                 y = y.to(env.device, non_blocking=True)
                 for group, lr in zip(optimizer.param_groups, (lr_w[step], lr_b[step])):
                     group["lr"] = float(lr)
@@ -94,10 +89,9 @@ def pretrain_supervised(cfg: PretrainConfig, out: Path, resume: bool, env: DistE
                 scaler.update()
                 step += 1
                 bar.update()
-                value = mean_over_ranks(loss.item(), env)
                 if metrics is not None and (step % cfg.log_every == 0 or step == total):
-                    metrics.log(step, "train", epoch=epoch + 1, loss=value, lr_weights=lr_w[step - 1],
-                                lr_biases=lr_b[step - 1])
+                    metrics.log(step, "train", epoch=epoch + 1, loss=mean_over_ranks(loss.item(), env),
+                                lr_weights=lr_w[step - 1], lr_biases=lr_b[step - 1])
                 checkpoint_when_due(run, cfg, step, steps_per_epoch, model, optimizer, scaler)
     finally:
         bar.close()

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from btcxr.ssl.loss import all_reduce_sum
+from btcxr.pretrain.barlow_twins.loss import all_reduce_sum
 
 
 class CpuSyncBatchNorm(_BatchNorm):

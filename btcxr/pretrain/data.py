@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from btcxr.engine.distributed import DistEnv
 from btcxr.errors import BtcxrError
-from btcxr.ssl.config import PretrainConfig
+from btcxr.pretrain.config import PretrainConfig
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

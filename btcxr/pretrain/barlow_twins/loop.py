@@ -1,4 +1,4 @@
-"""The pre-training loop: one process per device under torchrun (or one plain process), read top to bottom.
+"""The Barlow Twins loop: one process per device under torchrun (or one plain process), read top to bottom.
 
 Run directory: config.yaml, metrics.jsonl, tb/, corr_<step>.png, last.pt (every epoch and every
 `checkpoint_every_steps`), backbone.pth (torchvision ResNet keys without fc, refreshed every epoch).
@@ -17,44 +17,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from btcxr.backbones import FEATURE_DIM, backbone_state_dict, build_resnet
-from btcxr.engine.checkpoint import save_checkpoint
-from btcxr.engine.distributed import DistEnv, barrier, distributed_session, mean_over_ranks
+from btcxr.backbones import FEATURE_DIM, build_resnet
+from btcxr.engine.distributed import DistEnv, mean_over_ranks
 from btcxr.engine.run import RunDir
-from btcxr.engine.runtime import autocast, grad_scaler, seed_everything
-from btcxr.engine.schedule import warmup_cosine
-from btcxr.errors import BtcxrError
+from btcxr.engine.runtime import autocast, seed_everything
+from btcxr.engine.syncbn import convert_sync_batchnorm
 from btcxr.logs import progress_disabled
-from btcxr.ssl.batched_views import BatchedViews
-from btcxr.ssl.config import PretrainConfig, check_world
-from btcxr.ssl.data import build_loader
-from btcxr.ssl.heatmap import save_corr_heatmap
-from btcxr.ssl.lars import LARS, lars_param_groups
-from btcxr.ssl.loss import LossTerms, barlow_twins_loss
-from btcxr.ssl.model import BarlowTwins, Embeddings, embedding_spread
-from btcxr.ssl.syncbn import convert_sync_batchnorm
-from btcxr.ssl.views import loader_transform, model_input
+from btcxr.pretrain.barlow_twins.heatmap import save_corr_heatmap
+from btcxr.pretrain.barlow_twins.loss import LossTerms, barlow_twins_loss
+from btcxr.pretrain.barlow_twins.model import BarlowTwins, Embeddings, embedding_spread
+from btcxr.pretrain.batched_views import BatchedViews
+from btcxr.pretrain.common import (
+    checkpoint_when_due,
+    lr_schedules,
+    optimizer_and_scaler,
+    restore,
+    save_backbone,
+)
+from btcxr.pretrain.config import PretrainConfig, check_world
+from btcxr.pretrain.data import build_loader
+from btcxr.pretrain.lars import LARS
+from btcxr.pretrain.views import loader_transform, model_input
 
 log = logging.getLogger(__name__)
-BACKBONE = "backbone.pth"
 KIND = "btcxr-pretrain"
 NON_FINITE_HINT = "Lower optim.lr_weights, use amp=bf16 rather than fp16, or check the images."
 
 
-def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
-    """Pre-train a backbone with Barlow Twins into `out_dir`; returns the path of backbone.pth.
-
-    A run directory that already holds last.pt with the same config is resumed (`resume=True` demands it);
-    one with another config is refused. Under torchrun every rank calls this with the same arguments."""
-    with distributed_session(cfg.device) as env:
-        if cfg.method == "supervised":  # the positive control: the same backbone trained with labels
-            from btcxr.ssl.supervised import pretrain_supervised
-
-            return pretrain_supervised(cfg, Path(out_dir), resume, env)
-        return _pretrain(cfg, Path(out_dir), resume, env)
-
-
-def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
+def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
+    """Barlow Twins into the run folder `out`; returns the path of backbone.pth."""
     per_rank = check_world(cfg, env.world_size)
     run = RunDir(out, cfg, env, kind=KIND, resume=resume)
     loader = build_loader(cfg, env, loader_transform(cfg.views), per_rank)  # data problems surface first
@@ -68,13 +59,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Pat
     steps_per_epoch = len(loader)
     total = cfg.epochs * steps_per_epoch
     lr_w, lr_b = lr_schedules(cfg, steps_per_epoch)
-    step = 0
-    if run.resumed:
-        state = run.restore(model=model, optimizer=optimizer, scaler=scaler)
-        if state["steps_per_epoch"] != steps_per_epoch:
-            raise BtcxrError(f"{run.checkpoint}: the run had {state['steps_per_epoch']} steps an epoch, the "
-                             f"data now gives {steps_per_epoch}; the cache or the number of ranks changed")
-        step = int(state["step"])
+    step = restore(run, steps_per_epoch, model=model, optimizer=optimizer, scaler=scaler)
     fwd: nn.Module = nn.parallel.DistributedDataParallel(model) if env.distributed else model
     fwd = torch.compile(fwd) if cfg.compile else fwd
     batched = BatchedViews(cfg.views) if cfg.views.on_gpu else None
@@ -119,36 +104,6 @@ def train_step(fwd: nn.Module, optimizer: LARS, scaler: torch.amp.GradScaler, y1
     scaler.step(optimizer)
     scaler.update()
     return emb, terms
-
-
-def optimizer_and_scaler(cfg: PretrainConfig, model: nn.Module, env: DistEnv) -> tuple[LARS, torch.amp.GradScaler]:
-    """LARS over the weight and bias groups (their lr schedules come from `lr_schedules`), and the loss
-    scaler fp16 needs."""
-    o = cfg.optim
-    optimizer = LARS(lars_param_groups(model), weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
-    return optimizer, grad_scaler(env.device, cfg.amp)
-
-
-def checkpoint_when_due(run: RunDir, cfg: PretrainConfig, step: int, steps_per_epoch: int, model: nn.Module,
-                        optimizer: LARS, scaler: torch.amp.GradScaler) -> None:
-    """last.pt at the end of every epoch and every `checkpoint_every_steps`; backbone.pth every epoch;
-    backbone_step<k>.pth at the `backbone_steps` (written before last.pt, so a resume never misses one)."""
-    if step in cfg.backbone_steps:
-        save_backbone(run, model.backbone, f"backbone_step{step}.pth")
-    end_of_epoch = step % steps_per_epoch == 0
-    if end_of_epoch or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
-        run.save(step=step, epoch=step // steps_per_epoch, model=model, optimizer=optimizer, scaler=scaler,
-                 steps_per_epoch=steps_per_epoch)
-        if end_of_epoch:
-            save_backbone(run, model.backbone)
-
-
-def save_backbone(run: RunDir, backbone: nn.Module, name: str = BACKBONE) -> Path:
-    """RUN/backbone.pth (torchvision ResNet keys without fc), written by the main rank."""
-    if run.env.is_main:
-        save_checkpoint(run.path / name, backbone_state_dict(backbone))
-    barrier(run.env)
-    return run.path / name
 
 
 class _Monitor:
@@ -198,17 +153,6 @@ def build_model(cfg: PretrainConfig, fresh: bool = True) -> BarlowTwins:
     backbone = build_resnet(m.arch, init=init, weights_file=m.weights_file,
                             imagenet_weights=m.imagenet_weights)
     return BarlowTwins(backbone, FEATURE_DIM[m.arch], m.projector)
-
-
-def lr_schedules(cfg: PretrainConfig, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step learning rates of the weight and bias groups: peak = lr x batch/256, linear warm-up from 0,
-    cosine to final_lr_ratio x peak, reached one step after the last as in the Barlow Twins script."""
-    o, total = cfg.optim, cfg.epochs * steps_per_epoch
-    warmup = round(o.warmup_epochs * steps_per_epoch)
-    scale = cfg.batch_size / 256
-    w, b = (warmup_cosine(lr * scale, total, warmup, o.final_lr_ratio * lr * scale, final_after_last=True)
-            for lr in (o.lr_weights, o.lr_biases))
-    return w, b
 
 
 def _device_views(batch: Any, batched: BatchedViews | None, cfg: PretrainConfig, env: DistEnv,

@@ -17,8 +17,8 @@ import math
 import torch
 import torch.nn.functional as tnf
 
-from btcxr.ssl.config import ViewsConfig
-from btcxr.ssl.views import PAPER_BLUR_P, PAPER_BLUR_SIGMA, PAPER_SOLARIZE_P, blur_kernel_size
+from btcxr.pretrain.config import ViewsConfig
+from btcxr.pretrain.views import PAPER_BLUR_P, PAPER_BLUR_SIGMA, PAPER_SOLARIZE_P, blur_kernel_size
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -1,0 +1,13 @@
+"""Stage 1: self-supervised pre-training of a backbone (the paper's Barlow Twins), and the supervised
+positive control, on one set of data, views, optimizer and run engine.
+
+run.py             pretrain(cfg, out_dir, resume=False) -> Path of backbone.pth; dispatch on `method`
+common.py          LARS and its two schedules, the resume check, the checkpoint cadence, backbone.pth
+config.py          PretrainConfig: every knob, defaults = the paper's recipe
+data.py            seeded per-image views, per-epoch sharded sampler, DataLoader
+views.py           the paper's and the radiograph view policies (loader side, torchvision v2)
+batched_views.py   the same policies batched on the device (views.on_gpu)
+lars.py            LARS optimizer
+barlow_twins/      model (backbone + projector + affine-free BN), loss, correlation heatmaps, the loop
+supervised.py      the same backbone trained with the NIH labels (the benchmark's positive control)
+"""

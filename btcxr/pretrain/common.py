@@ -1,0 +1,78 @@
+"""What every pre-training method shares around its loop: the optimizer and its two learning-rate
+schedules, the resume check, the checkpoint cadence and the backbone writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from btcxr.backbones import backbone_state_dict
+from btcxr.engine.checkpoint import save_checkpoint
+from btcxr.engine.distributed import DistEnv, barrier
+from btcxr.engine.run import RunDir
+from btcxr.engine.runtime import grad_scaler
+from btcxr.engine.schedule import warmup_cosine
+from btcxr.errors import BtcxrError
+from btcxr.pretrain.config import PretrainConfig
+from btcxr.pretrain.lars import LARS, lars_param_groups
+
+BACKBONE = "backbone.pth"
+
+
+def optimizer_and_scaler(cfg: PretrainConfig, model: nn.Module, env: DistEnv) -> tuple[LARS, torch.amp.GradScaler]:
+    """LARS over the weight and bias groups (their lr schedules come from `lr_schedules`), and the loss
+    scaler fp16 needs."""
+    o = cfg.optim
+    optimizer = LARS(lars_param_groups(model), weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
+    return optimizer, grad_scaler(env.device, cfg.amp)
+
+
+def lr_schedules(cfg: PretrainConfig, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step learning rates of the weight and bias groups: peak = lr x batch/256, linear warm-up from 0,
+    cosine to final_lr_ratio x peak, reached one step after the last as in the Barlow Twins script."""
+    o, total = cfg.optim, cfg.epochs * steps_per_epoch
+    warmup = round(o.warmup_epochs * steps_per_epoch)
+    scale = cfg.batch_size / 256
+    w, b = (warmup_cosine(lr * scale, total, warmup, o.final_lr_ratio * lr * scale, final_after_last=True)
+            for lr in (o.lr_weights, o.lr_biases))
+    return w, b
+
+
+def restore(run: RunDir, steps_per_epoch: int, **objects: nn.Module | torch.optim.Optimizer | torch.amp.GradScaler
+            ) -> int:
+    """The step to start from: 0 for a new run, else the checkpoint's, after loading `objects` from it. A
+    resumed run whose data now gives another number of steps an epoch is refused (the cache or the number
+    of ranks changed, so the remaining schedule and data order would not be the run's)."""
+    if not run.resumed:
+        return 0
+    state = run.restore(**objects)
+    if state["steps_per_epoch"] != steps_per_epoch:
+        raise BtcxrError(f"{run.checkpoint}: the run had {state['steps_per_epoch']} steps an epoch, the "
+                         f"data now gives {steps_per_epoch}; the cache or the number of ranks changed")
+    return int(state["step"])
+
+
+def checkpoint_when_due(run: RunDir, cfg: PretrainConfig, step: int, steps_per_epoch: int, model: nn.Module,
+                        optimizer: LARS, scaler: torch.amp.GradScaler) -> None:
+    """last.pt at the end of every epoch and every `checkpoint_every_steps`; backbone.pth every epoch;
+    backbone_step<k>.pth at the `backbone_steps` (written before last.pt, so a resume never misses one).
+    `model.backbone` is what backbone.pth holds."""
+    if step in cfg.backbone_steps:
+        save_backbone(run, model.backbone, f"backbone_step{step}.pth")
+    end_of_epoch = step % steps_per_epoch == 0
+    if end_of_epoch or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
+        run.save(step=step, epoch=step // steps_per_epoch, model=model, optimizer=optimizer, scaler=scaler,
+                 steps_per_epoch=steps_per_epoch)
+        if end_of_epoch:
+            save_backbone(run, model.backbone)
+
+
+def save_backbone(run: RunDir, backbone: nn.Module, name: str = BACKBONE) -> Path:
+    """RUN/backbone.pth (torchvision ResNet keys without fc), written by the main rank."""
+    if run.env.is_main:
+        save_checkpoint(run.path / name, backbone_state_dict(backbone))
+    barrier(run.env)
+    return run.path / name
