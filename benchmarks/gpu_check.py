@@ -123,7 +123,7 @@ class Check:
     def pretrain_args(self, run: str, *extra: str) -> list[str]:
         return ["pretrain", "--config", CONFIGS / "pretrain" / "demo.yaml", "--out", self.out / run,
                 f"data.cache={self.out / 'cache' / 'nih'}", f"device={self.args.device}", "tensorboard=false",
-                "views.size=64", "batch_size=16", "epochs=1", "model.projector=[64,32]", "log_every=1",
+                "model.size=64", "optim.batch_size=16", "optim.epochs=1", "model.projector=[64,32]", "log_every=1",
                 "corr_every_steps=0", *extra]
 
     def finetune_args(self, run: str, *extra: str) -> list[str]:
@@ -154,7 +154,7 @@ class Check:
 
     def resume(self, stage: str) -> None:
         if stage == "pretrain":
-            args = lambda run: self.pretrain_args(run, "epochs=2", "checkpoint_every_steps=2",  # noqa: E731
+            args = lambda run: self.pretrain_args(run, "optim.epochs=2", "checkpoint_every_steps=2",  # noqa: E731
                                                   f"amp={'bf16' if self.cuda else 'none'}")
             kind, tensors = "train", "backbone.pth"
         else:
@@ -204,8 +204,8 @@ class Check:
         cache = self.out / "cache" / "nih"
         batch = self.args.pretrain_batch
         btcxr("pretrain", "--config", CONFIGS / "pretrain" / "paper.yaml", "--out", self.out / "speed_pretrain",
-              f"data.cache={cache}", "model.init=random", "epochs=1", f"batch_size={batch}", "log_every=1",
-              "tensorboard=false", "corr_every_steps=0", "views.on_gpu=true", "data.num_workers=8")
+              f"data.cache={cache}", "model.init=random", "optim.epochs=1", f"optim.batch_size={batch}", "log_every=1",
+              "tensorboard=false", "corr_every_steps=0", "views.on_gpu=true", "data.workers=8")
         rows = metrics(self.out / "speed_pretrain", "train")[1:]  # the first step includes start-up
         pairs = sum(r["pairs_per_s"] for r in rows) / max(len(rows), 1)
         memory = max((r.get("max_mem_gb", 0.0) for r in rows), default=0.0)

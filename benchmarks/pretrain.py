@@ -148,14 +148,14 @@ def run_variant(args: argparse.Namespace) -> dict:
                           ("cpu" if args.device == "auto" else args.device))
     cuda = device.type == "cuda"
     ours = args.variant != "paper"
-    overrides = [f"data.cache={args.cache}", f"data.num_workers={args.workers}", f"batch_size={args.batch}",
-                 f"views.size={args.size}", f"views.policy={args.policy}", f"views.on_gpu={args.variant == 'ours-gpu-views'}",
+    overrides = [f"data.cache={args.cache}", f"data.workers={args.workers}", f"optim.batch_size={args.batch}",
+                 f"model.size={args.size}", f"views.policy={args.policy}", f"views.on_gpu={args.variant == 'ours-gpu-views'}",
                  f"model.arch={args.arch}", "data.persistent_workers=true"]
     cfg = load_config(PretrainConfig, None, overrides)
     env = DistEnv(device=device)
     steps = args.warmup + args.steps
     if ours:
-        loader = build_loader(cfg, env, loader_transform(cfg.views), args.batch)
+        loader = build_loader(cfg, env, loader_transform(cfg.views, cfg.model.size), args.batch)
     else:
         import pandas as pd
 
@@ -171,7 +171,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     opt = LARS(lars_param_groups(model), lr=0.1, weight_decay=1e-6)
     amp_dtype = torch.bfloat16 if ours else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and not ours)
-    batched = BatchedViews(cfg.views) if args.variant == "ours-gpu-views" else None
+    batched = BatchedViews(cfg.views, cfg.model.size) if args.variant == "ours-gpu-views" else None
     gen = torch.Generator(device=device).manual_seed(0)
     model.train()
 

@@ -66,7 +66,7 @@ def main() -> None:
     logging.getLogger("btcxr").setLevel(logging.ERROR)  # no per-epoch lines, no progress bars
     with tempfile.TemporaryDirectory() as tmp:
         cache = write_cache(Path(tmp) / "cache", args.n, args.size)
-        common = [f"data.cache={cache}", f"data.input_size={args.size}", "data.workers=0", "device=cpu",
+        common = [f"data.cache={cache}", f"model.size={args.size}", "data.workers=0", "device=cpu",
                   f"model.arch={args.arch}", f"optim.batch_size={args.batch}", "tensorboard=false"]
         settings = [
             ("freeze, cached features", [f"optim.epochs={args.epochs}", "probe.cache_features=true"]),

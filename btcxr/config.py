@@ -37,20 +37,42 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(data, dict):
             raise BtcxrError(f"config file {path} must hold a mapping at the top level")
         source = str(path)
+    for old, new in _moved_keys(cls, data):
+        log.warning("%s: config key %s moved to %s; it was read as %s (update the file)", source, old, new, new)
+    data = migrate_config_dict(cls, data)
+    moved = getattr(cls, "MOVED", {})
+    _refuse_old_and_new_overrides(moved, overrides)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise BtcxrError(f"override {item!r} must look like key.sub=value")
+        value = yaml.safe_load(raw) if raw != "" else None
+        if key in moved:  # an old key on the command line sets the new one, over the file's value
+            new, convert = moved[key]
+            log.warning("override %s: config key %s moved to %s; it was read as %s", item, key, new, new)
+            key, value = new, (convert(value) if convert else value)
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise BtcxrError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
-    for old, new in _moved_keys(cls, data):
-        log.warning("%s: config key %s moved to %s; it was read as %s (update the file)", source, old, new, new)
+        node[parts[-1]] = value
     return _build(cls, migrate_config_dict(cls, data), source, prefix="")
+
+
+def _refuse_old_and_new_overrides(moved: dict, overrides: list[str] | tuple[str, ...]) -> None:
+    """An old key and its new key both on the command line, with different values: which one was meant?"""
+    given = {}
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        given[key] = raw
+    for old, (new, convert) in moved.items():
+        if old in given and new in given:
+            value = yaml.safe_load(given[old]) if given[old] != "" else None
+            if (convert(value) if convert else value) != (yaml.safe_load(given[new]) if given[new] != "" else None):
+                raise BtcxrError(f"config key {old} moved to {new}, and both are set (to different values): "
+                                 f"keep {new} only")
 
 
 def migrate_config_dict(cls: type, data: dict[str, Any]) -> dict[str, Any]:

@@ -22,9 +22,9 @@ def commands(tmp_path_factory) -> dict[str, list[str]]:
     vindr = write_square_cache(base / "vindr", {"train": 4, "val": 2})
     return {
         "pretrain": ["pretrain", "--config", str(CONFIG_DIR / "pretrain/demo.yaml"), f"data.cache={unlabeled}",
-                     *TINY, "epochs=1", "batch_size=4", "model.projector=[16,8]"],
+                     *TINY, "optim.epochs=1", "optim.batch_size=4", "model.projector=[16,8]"],
         "probe": ["probe", "--config", str(CONFIG_DIR / "probe/demo.yaml"), f"data.cache={nih}",
-                  "tensorboard=false", "optim.epochs=1", "data.input_size=32"],
+                  "tensorboard=false", "optim.epochs=1", "model.size=32"],
         "finetune": ["finetune", "--config", str(CONFIG_DIR / "finetune/demo.yaml"), f"data.cache={vindr}",
                      "tensorboard=false", "optim.epochs=1", "optim.batch_size=2", "model.size=64",
                      "model.fpn_channels=16", "model.box_head_dim=32", "data.test_split=''"],

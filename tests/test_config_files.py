@@ -3,12 +3,14 @@ that takes --config accepting a name."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 import btcxr
 from btcxr.cli import main
+from btcxr.config import load_config
 from btcxr.config_files import CONFIG_DIR, KINDS, packaged_config, packaged_configs, resolve_config
 from btcxr.errors import BtcxrError
 from btcxr.experiment.spec import load_experiment
@@ -154,7 +156,7 @@ def test_training_commands_take_a_name(monkeypatch, tmp_path, capsys):
     assert main(["pretrain", "--config", "paper", "--out", str(tmp_path / "p")]) == 0
     assert main(["probe", "--config", "paper", "data.cache=x", "--out", str(tmp_path / "c")]) == 0
     assert main(["finetune", "--config", "paper_224", "data.cache=x", "--out", str(tmp_path / "f")]) == 0
-    assert (seen["pretrain"].name, seen["pretrain"].batch_size, seen["pretrain"].epochs) == ("paper", 768, 800)
+    assert (seen["pretrain"].name, seen["pretrain"].optim.batch_size, seen["pretrain"].optim.epochs) == ("paper", 768, 800)
     assert (seen["probe"].model.arch, seen["probe"].optim.epochs) == ("resnet50", 30)
     assert seen["finetune"].model.size == 224
 
@@ -176,3 +178,23 @@ def test_demo_and_reproduce_run_the_packaged_experiment(monkeypatch, tmp_path):
     assert main(["reproduce", "--config", "paper", "--out", "p"]) == 0
     assert calls == [CONFIG_DIR / "experiments" / "demo.yaml", CONFIG_DIR / "experiments" / "synthetic.yaml",
                      CONFIG_DIR / "experiments" / "paper.yaml"]
+
+
+@pytest.mark.parametrize("cls, old, new, read", [
+    ("pretrain", "epochs=7", "optim.epochs", lambda c: c.optim.epochs == 7),
+    ("pretrain", "batch_size=64", "optim.batch_size", lambda c: c.optim.batch_size == 64),
+    ("pretrain", "data.num_workers=3", "data.workers", lambda c: c.data.workers == 3),
+    ("pretrain", "views.size=96", "model.size", lambda c: c.model.size == 96),
+    ("probe", "data.input_size=96", "model.size", lambda c: c.model.size == 96),
+])
+def test_old_config_keys_load_with_a_warning_naming_the_new_one(cls, old, new, read, caplog):
+    """One vocabulary in every stage (optim.epochs, optim.batch_size, data.workers, model.size); configs and
+    run folders written with the old keys keep working."""
+    from btcxr.classify.config import ProbeConfig
+    from btcxr.pretrain.config import PretrainConfig
+
+    config_cls, name = {"pretrain": (PretrainConfig, "pretrain/demo"), "probe": (ProbeConfig, "probe/demo")}[cls]
+    with caplog.at_level(logging.WARNING, logger="btcxr"):
+        cfg = load_config(config_cls, resolve_config(name, "pretrain" if cls == "pretrain" else "probe"), [old])
+    assert read(cfg)
+    assert f"config key {old.split('=')[0]} moved to {new}" in caplog.text

@@ -215,6 +215,73 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
         finetune(cfg, tmp_path / "c_new", resume=True)
 
 
+# ------------------------------------------------------------------------------------ two ranks (gloo)
+NORMS = ("BatchNorm2d", "SyncBatchNorm", "CpuSyncBatchNorm", "FrozenBatchNorm2d", "FrozenStatsBatchNorm2d")
+
+
+class _Inspected(Exception):
+    pass
+
+
+def _norms_worker(rank: int, world: int, port: int, cache: str, out: str) -> None:
+    """finetune as torchrun would run it on two CPU processes, stopped at its first training pass: the
+    norm layers of the model it trains, and (norm: bn) the running statistics after one step."""
+    from fixtures_dist import join_gloo
+
+    join_gloo(rank, world, port)
+    try:
+        import btcxr.detect.train as train
+
+        real = train.train_one_epoch
+        for norm in ("bn", "frozen_stats"):
+            def inspect(model, *args, norm=norm, **kwargs):
+                core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+                record = {"norms": {n: sum(type(m).__name__ == n for m in core.modules()) for n in NORMS},
+                          "trainable": {k: p.requires_grad for k, p in core.named_parameters()}}
+                if norm == "bn":
+                    real(model, *args, **{**kwargs, "max_steps": 1})
+                    record["running_mean"] = core.backbone.body.bn1.running_mean.clone()
+                torch.save(record, Path(out) / f"{norm}_rank{rank}.pt")
+                raise _Inspected
+
+            train.train_one_epoch = inspect
+            cfg = tiny_config(Path(cache), **{"model.norm": norm, "device": "cpu", "optim.epochs": 1,
+                                              "data.test_split": "''"})
+            try:
+                train.finetune(cfg, Path(out) / norm)
+            except _Inspected:
+                pass
+        train.train_one_epoch = real
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_on_gloo_syncs_trainable_batch_norm_and_keeps_frozen_norms_frozen(tmp_path):
+    """Under DDP every trainable BatchNorm2d of the detector (random init, norm: bn) becomes a synchronised
+    one, on CPUs (gloo) as on GPUs, so both ranks hold the statistics of the global batch after a step;
+    FrozenStatsBatchNorm2d (norm: frozen_stats) is no batch norm to convert and stays exactly as built."""
+    import torch.multiprocessing as mp
+    from fixtures_dist import free_port
+
+    from btcxr.detect.model import resolve_model_config
+
+    cache = write_square_cache(tmp_path / "c", {"train": 8, "val": 2}, n_neg=0)
+    mp.spawn(_norms_worker, args=(2, free_port(), str(cache), str(tmp_path)), nprocs=2, join=True)
+    got = {(norm, r): torch.load(tmp_path / f"{norm}_rank{r}.pt", weights_only=True)
+           for norm in ("bn", "frozen_stats") for r in range(2)}
+    for r in range(2):
+        assert got["bn", r]["norms"] == {"BatchNorm2d": 0, "SyncBatchNorm": 0, "CpuSyncBatchNorm": 20,
+                                         "FrozenBatchNorm2d": 0, "FrozenStatsBatchNorm2d": 0}
+        assert got["frozen_stats", r]["norms"] == {"BatchNorm2d": 0, "SyncBatchNorm": 0, "CpuSyncBatchNorm": 0,
+                                                   "FrozenBatchNorm2d": 0, "FrozenStatsBatchNorm2d": 20}
+        for norm in ("bn", "frozen_stats"):
+            single = build_detector(resolve_model_config(tiny_config(cache, **{"model.norm": norm}).model))
+            assert got[norm, r]["trainable"] == {k: p.requires_grad for k, p in single.named_parameters()}
+    # the statistics of the global batch, the same on both ranks (per-rank batch norm would differ)
+    assert torch.equal(got["bn", 0]["running_mean"], got["bn", 1]["running_mean"])
+    assert got["bn", 0]["running_mean"].abs().sum() > 0
+
+
 # --------------------------------------------------------------------------------------- user errors
 def test_user_errors_reach_the_command_line(tmp_path, capsys):
     from btcxr.cli import main

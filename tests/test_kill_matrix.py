@@ -97,9 +97,9 @@ def stages(tmp_path_factory) -> dict[str, tuple[list[str], tuple[str, ...], int]
     nih = make_nih_cache(base / "nih", n=(24, 12, 12), seed=1)
     vindr = write_square_cache(base / "vindr", {"train": 8, "val": 4, "test": 4}, size=64)
     pretrain = ["pretrain", "--config", "configs/pretrain/demo.yaml", f"data.cache={unlabeled}", *TINY,
-                "epochs=3", "batch_size=4", "model.projector=[32,16]", "checkpoint_every_steps=2"]
+                "optim.epochs=3", "optim.batch_size=4", "model.projector=[32,16]", "checkpoint_every_steps=2"]
     probe = ["probe", "--config", "configs/probe/demo.yaml", f"data.cache={nih}", "tensorboard=false",
-             "optim.epochs=3", "data.input_size=32", "optim.batch_size=8", "probe.mode=finetune", "log_every=1"]
+             "optim.epochs=3", "model.size=32", "optim.batch_size=8", "probe.mode=finetune", "log_every=1"]
     finetune = ["finetune", "--config", "configs/finetune/demo.yaml", f"data.cache={vindr}", "tensorboard=false",
                 "model.size=64", "model.fpn_channels=32", "model.box_head_dim=64", "optim.epochs=3",
                 "optim.batch_size=4", "optim.warmup_iters=2", "log_every=1", "data.workers=0"]
@@ -157,7 +157,7 @@ def test_a_finished_run_rerun_changes_nothing(stages, references, tmp_path):
 # ------------------------------------------------------------------------------------------- reproduce
 EXPERIMENT = ["reproduce", "--config", "configs/experiments/demo.yaml", "--workers", "1",
               "data.synthetic={n_vindr: 48, n_nih: 40, size: 96, seed: 0, normal_fraction: 0.2}",
-              "data.cache_size=64", "data.pretrain_size=32", "sizes=[64]", "pretrain.overrides=[epochs=2]",
+              "data.cache_size=64", "data.pretrain_size=32", "sizes=[64]", "pretrain.overrides=[optim.epochs=2]",
               "finetune.overrides=[optim.epochs=2]", "probe.overrides=[optim.epochs=1]",
               "localisation.max_images=1", "localisation.ratio=0.05", "localisation.score_thr=0.0",
               "cam_examples=1"]

@@ -58,7 +58,8 @@ def test_param_groups_split_weights_from_biases_and_norms():
 
 
 def test_lr_schedule_scales_with_batch_warms_up_and_decays_to_a_thousandth():
-    cfg = PretrainConfig(epochs=20, batch_size=512)
+    cfg = PretrainConfig()
+    cfg.optim.epochs, cfg.optim.batch_size = 20, 512
     cfg.optim.warmup_epochs = 10
     lr_w, lr_b = lr_schedules(cfg, steps_per_epoch=5)
     assert len(lr_w) == 100

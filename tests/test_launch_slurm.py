@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import signal
 import time
@@ -24,8 +25,9 @@ from btcxr.cli import main
 from btcxr.config_files import CONFIG_DIR
 from btcxr.engine.checkpoint import load_checkpoint
 from btcxr.errors import BtcxrError
-from btcxr.experiment import slurm
-from btcxr.experiment.stages import DONE, StageNotFinished
+from btcxr.experiment import pretrain_stage, slurm, stages
+from btcxr.experiment.markers import DONE, StageNotFinished
+from btcxr.experiment.stages import make_plan
 
 CONFIGS = CONFIG_DIR
 RUN_IDS = [f"det_{init}_s64_f1_seed{seed}" for seed in (0, 1) for init in ("random", "btcxr")]
@@ -84,6 +86,11 @@ class Recorder:
         return out / "best.pt"
 
 
+def _plan(exp: Path, out: Path):
+    """The plan the launcher hands its jobs (jobs called here directly, as SLURM would)."""
+    return make_plan(exp, (), out, absolute=True)
+
+
 def _ledger(out: Path) -> dict:
     return json.loads((out / "slurm" / "jobs.json").read_text())["jobs"]
 
@@ -118,13 +125,56 @@ def test_stages_run_in_dependency_order_and_a_relaunch_submits_only_what_is_left
     assert rec.events == [f"finetune {RUN_IDS[2]}", "report"]
 
 
+def test_every_job_gets_the_launchers_plan_and_none_computes_it_again(tmp_path, monkeypatch):
+    rec = Recorder(monkeypatch)
+    exp, out = _experiment(tmp_path), tmp_path / "out"
+    plans, reads, seen = [], [], []
+    real_plan, real_load, real_choose = stages.make_plan, stages.load_experiment, pretrain_stage.choose_inits
+
+    def plan_once(*args, **kwargs):
+        if plans:
+            raise AssertionError("the plan was computed again")
+        plans.append(real_plan(*args, **kwargs))
+        return plans[-1]
+
+    def counted(real, what):
+        def call(*args, **kwargs):
+            reads.append(what)
+            return real(*args, **kwargs)
+        return call
+
+    real_call = slurm.StageJob.__call__
+
+    def job_call(self, *args):
+        seen.append((self.stage, self.plan is plans[0]))
+        return real_call(self, *args)
+
+    monkeypatch.setattr(stages, "make_plan", plan_once)
+    monkeypatch.setattr(slurm, "make_plan", plan_once)
+    monkeypatch.setattr(stages, "load_experiment", counted(real_load, "experiment file"))
+    monkeypatch.setattr(pretrain_stage, "choose_inits", counted(real_choose, "ImageNet check"))
+    monkeypatch.setattr(slurm.StageJob, "__call__", job_call)
+    submitted = slurm.launch(exp, out=out, cluster="debug")
+    assert list(submitted) == ["prepare", "pretrain", *RUN_IDS, "report"]
+    assert len(plans) == 1 and reads == ["experiment file", "ImageNet check"]   # once, by the launcher
+    assert seen == [("prepare", True), ("pretrain", True), *[("run", True)] * 4, ("report", True)]
+
+    # On a cluster the job is unpickled in another process: the plan travels with it, whole.
+    job = pickle.loads(pickle.dumps(slurm.StageJob(plans[0], "run")))
+    assert job.plan == plans[0] and job.plan.out.is_absolute()
+    (out / "runs" / RUN_IDS[1] / DONE).unlink()
+    rec.events.clear()
+    assert job(RUN_IDS[1]) == RUN_IDS[1]
+    assert rec.events == [f"finetune {RUN_IDS[1]}"] and len(plans) == 1
+
+
 def test_a_job_whose_upstream_stage_has_not_finished_stops_with_a_clear_error(tmp_path, monkeypatch):
     Recorder(monkeypatch)
     exp, out = _experiment(tmp_path), tmp_path / "out"
-    job = slurm.StageJob(str(exp), (), str(out), "run")
+    job = slurm.StageJob(_plan(exp, out), "run")
     with pytest.raises(StageNotFinished, match=r"data.*not finished.*data stage has to finish first"):
         job(RUN_IDS[0])
-    slurm.StageJob(str(exp), (), str(out), "prepare")()
+    slurm.StageJob(_plan(exp, out), "prepare")()
     with pytest.raises(StageNotFinished, match=r"pretrain.*pretrain stage has to finish first"):
         job(RUN_IDS[0])
     assert not (out / "runs").exists()  # a run job never starts an upstream stage itself
@@ -211,9 +261,10 @@ def test_sbatch_parameters_match_the_flags_and_relaunches_follow_the_job_states(
 
     # The data and pre-training jobs finished (run here in-process), run 0 finished, run 1 failed, run 2 was
     # pre-empted, run 3 is running, the report was cancelled for its failed dependency.
-    slurm.StageJob(str(exp), (), str(out), "prepare")()
-    slurm.StageJob(str(exp), (), str(out), "pretrain")()
-    slurm.StageJob(str(exp), (), str(out), "run")(RUN_IDS[0])
+    plan = _plan(exp, out)
+    slurm.StageJob(plan, "prepare")()
+    slurm.StageJob(plan, "pretrain")()
+    slurm.StageJob(plan, "run")(RUN_IDS[0])
     _states(fake_slurm, {"1": "COMPLETED", "2": "COMPLETED", "3_0": "COMPLETED", "3_1": "FAILED",
                          "3_2": "PREEMPTED", "3_3": "RUNNING", "4": "CANCELLED by 0"})
     assert main(flags) == 0
@@ -226,6 +277,26 @@ def test_sbatch_parameters_match_the_flags_and_relaunches_follow_the_job_states(
     assert (ledger[RUN_IDS[1]]["job_id"], ledger[RUN_IDS[2]]["job_id"], ledger[RUN_IDS[3]]["job_id"]) == (
         "5_0", "5_1", "3_3")
     assert not (fake_slurm / "scancel").exists()
+
+
+def test_a_queued_job_planned_with_other_settings_is_replaced_before_it_starts(tmp_path, monkeypatch, fake_slurm):
+    """A job carries the plan of the launch that submitted it: after an edit of the experiment, a relaunch
+    replaces the queued jobs whose work changed (the others are left alone, as always)."""
+    Recorder(monkeypatch)
+    exp, out = _experiment(tmp_path), tmp_path / "out"
+    flags = ["reproduce", "--config", str(exp), "--out", str(out), "--launcher", "slurm", "--partition", "gpu"]
+    assert main(flags) == 0
+    _states(fake_slurm, {"1": "RUNNING", "2": "PENDING", "3_[0-3]": "PENDING", "4": "PENDING"})
+    assert main([*flags, "finetune.overrides=[optim.epochs=3]"]) == 0   # the runs' settings changed
+    # data and pre-training are the same work: left alone; the runs and the report: replaced
+    assert (fake_slurm / "counter").read_text().strip() == "6"
+    runs, report = _sbatch(fake_slurm, 5), _sbatch(fake_slurm, 6)
+    assert runs["array"] == "0-3%4" and runs["dependency"] == "afterok:2"
+    assert report["dependency"] == "afterok:5_0:5_1:5_2:5_3"
+    cancelled = (fake_slurm / "scancel").read_text().split()
+    assert {"3_0", "3_1", "3_2", "3_3", "4"} <= set(cancelled) and not {"1", "2"} & set(cancelled)
+    assert {u: e["job_id"] for u, e in _ledger(out).items()} == {
+        "prepare": "1", "pretrain": "2", **{r: f"5_{i}" for i, r in enumerate(RUN_IDS)}, "report": "6"}
 
 
 def test_a_launch_that_sbatch_refuses_part_way_keeps_what_it_submitted(tmp_path, monkeypatch, fake_slurm, capsys):
@@ -279,14 +350,14 @@ def test_a_preempted_run_requeues_itself_and_ends_as_an_uninterrupted_run(tmp_pa
         "probe: {enabled: false}", "localisation: {enabled: false}"]) + "\n")
     run_id = "det_random_s64_f1_seed0"
     reference = tmp_path / "reference"
-    slurm.StageJob(str(exp), (), str(reference), "run")(run_id)  # uninterrupted, in this process
+    slurm.StageJob(_plan(exp, reference), "run")(run_id)  # uninterrupted, in this process
 
     out = tmp_path / "preempted"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job's process computes as this one does (one thread)
     ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
     # submitit tells a pre-emption from a time-out by the time left: an hour is far from the limit
     ex.update_parameters(timeout_min=60, tasks_per_node=1, stderr_to_stdout=True)
-    job = ex.submit(slurm.StageJob(str(exp), (), str(out), "run"), run_id)
+    job = ex.submit(slurm.StageJob(_plan(exp, out), "run"), run_id)  # the plan goes pickled to the job
     task = _task_pid(job)
     last = out / "runs" / run_id / "last.pt"
     for _ in range(2400):               # wait for the first checkpoint, then pre-empt as SLURM does
@@ -336,14 +407,14 @@ def test_the_pretraining_job_runs_one_rank_per_task_with_the_environment_slurm_g
     exp = tmp_path / "pre.yaml"
     exp.write_text("\n".join([
         "name: pre", f"data: {{nih_cache: {nih}}}", "detection: false", "probe: {enabled: false}",
-        f"pretrain: {{config: pretrain/demo, overrides: [{', '.join(TINY)}, epochs=1, batch_size=8,"
+        f"pretrain: {{config: pretrain/demo, overrides: [{', '.join(TINY)}, optim.epochs=1, optim.batch_size=8,"
         " 'model.projector=[32,16]']}",
         "inits: {btcxr: btcxr, random: random}", "baseline: random", "localisation: {enabled: false}"]) + "\n")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
     ex.update_parameters(timeout_min=60, tasks_per_node=2, stderr_to_stdout=True)
     out = tmp_path / "out"
-    job = ex.submit(slurm.StageJob(str(exp), (), str(out), "pretrain"))
+    job = ex.submit(slurm.StageJob(_plan(exp, out), "pretrain"))
     assert job.results() == ["pretrain", "pretrain"]  # one result per task
     rank0 = job.stdout()
     assert "on 2 rank(s)" in rank0, rank0

@@ -135,8 +135,8 @@ def ref_run(init: dict[str, torch.Tensor], views: dict[int, tuple[torch.Tensor, 
 def paper_cfg() -> PretrainConfig:
     """The packaged paper config, only narrower and smaller (the optimizer, rates and schedule untouched)."""
     return load_config(PretrainConfig, PAPER, [
-        "model.arch=resnet18", "model.init=random", "model.projector=[32,32,16]", f"batch_size={BATCH}",
-        f"epochs={EPOCHS}", f"views.size={SIZE}", "device=cpu"])
+        "model.arch=resnet18", "model.init=random", "model.projector=[32,32,16]", f"optim.batch_size={BATCH}",
+        f"optim.epochs={EPOCHS}", f"model.size={SIZE}", "device=cpu"])
 
 
 def fixed_views() -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -223,11 +223,11 @@ def test_steps_leave_the_losses_and_weights_of_the_authors_recipe(single):
 @pytest.mark.parametrize("batch,steps_per_epoch", [(768, 145), (512, 217)])
 def test_learning_rates_of_every_step_are_the_authors(batch, steps_per_epoch):
     """The paper's run (800 epochs of 145 steps at 768 images) and another batch, both groups, every step."""
-    cfg = load_config(PretrainConfig, PAPER, [f"batch_size={batch}"])
+    cfg = load_config(PretrainConfig, PAPER, [f"optim.batch_size={batch}"])
     lr_w, lr_b = lr_schedules(cfg, steps_per_epoch)
-    total, warmup = cfg.epochs * steps_per_epoch, 10 * steps_per_epoch
+    total, warmup = cfg.optim.epochs * steps_per_epoch, 10 * steps_per_epoch
     assert len(lr_w) == len(lr_b) == total
-    want = np.array([ref_lr(s, batch, cfg.epochs, steps_per_epoch) for s in range(total)])
+    want = np.array([ref_lr(s, batch, cfg.optim.epochs, steps_per_epoch) for s in range(total)])
     np.testing.assert_allclose(lr_w, want[:, 0], rtol=1e-12, atol=0)
     np.testing.assert_allclose(lr_b, want[:, 1], rtol=1e-12, atol=0)
     peak_w = 0.2 * batch / 256

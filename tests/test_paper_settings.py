@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
-import torchvision
+from test_detect_model import _random_resnet18_state
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -44,17 +44,8 @@ TARGET = [{"boxes": torch.tensor([[10.0, 12.0, 40.0, 44.0]]), "labels": torch.te
 
 def _resnet18_file(tmp_path, seed: int = 0):
     """A resnet18 state dict with non-default BN statistics and affine weights (a 'pretrained' init)."""
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet18(weights=None)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-1, 1)
-                module.running_var.uniform_(0.5, 2)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.5, 0.5)
     path = tmp_path / f"r18_{seed}.pth"
-    torch.save(model.state_dict(), path)
+    torch.save(_random_resnet18_state(seed), path)
     return path
 
 
@@ -379,7 +370,7 @@ def test_probe_can_pick_its_epoch_on_test_as_the_authors_did(tmp_path, monkeypat
         return report
 
     monkeypatch.setattr(train, "auroc_report", fake)
-    cfg = demo_cfg(cache, "optim.epochs=3", "data.input_size=32", "optim.batch_size=8", "probe.select_on=test")
+    cfg = demo_cfg(cache, "optim.epochs=3", "model.size=32", "optim.batch_size=8", "probe.select_on=test")
     with caplog.at_level(logging.WARNING, logger="btcxr.classify.train"):
         results = train.probe(cfg, tmp_path / "run")
     assert calls[:6] == ["val", "test"] * 3

@@ -30,8 +30,8 @@ from btcxr.pretrain.views import loader_transform, model_input
 DEMO = CONFIG_DIR / "pretrain" / "demo.yaml"
 PAPER = CONFIG_DIR / "pretrain" / "paper.yaml"
 # Small enough for seconds on one CPU thread; views gentle enough that a few steps visibly learn.
-TINY = ["model.arch=resnet18", "model.init=random", "views.size=32", "log_every=1", "corr_every_steps=0",
-        "tensorboard=false", "data.num_workers=0", "channels_last=false"]
+TINY = ["model.arch=resnet18", "model.init=random", "model.size=32", "log_every=1", "corr_every_steps=0",
+        "tensorboard=false", "data.workers=0", "channels_last=false"]
 EASY_VIEWS = ["views.radiograph.crop_scale=[0.7,1]", "views.radiograph.rotation_deg=0",
               "views.radiograph.gamma_p=0", "views.radiograph.noise_p=0", "views.radiograph.blur_p=[0,0]"]
 
@@ -67,7 +67,7 @@ def tiny(cache: Path, *overrides: str) -> PretrainConfig:
 
 
 def _fixed_batch_loss(cfg: PretrainConfig, model: torch.nn.Module) -> float:
-    loader = build_loader(cfg, DistEnv(), loader_transform(cfg.views), cfg.batch_size)
+    loader = build_loader(cfg, DistEnv(), loader_transform(cfg.views, cfg.model.size), cfg.optim.batch_size)
     loader.sampler.set_epoch(999)
     a, b = next(iter(loader))
     model.train()
@@ -80,11 +80,11 @@ def test_demo_run_learns_and_writes_a_torchvision_backbone(cache, tmp_path):
     out = tmp_path / "run"
     # lr 2.0 (the demo config's): the loss ratio below is about 0.33; at 8.0 it sat near the 0.8 bound.
     args = ["pretrain", "--config", str(DEMO), f"data.cache={cache}", *TINY, *EASY_VIEWS, "tensorboard=true",
-            "epochs=8", "batch_size=32", "model.projector=[64,16]", "optim.lr_weights=2.0", "optim.lr_biases=0.1",
+            "optim.epochs=8", "optim.batch_size=32", "model.projector=[64,16]", "optim.lr_weights=2.0", "optim.lr_biases=0.1",
             "optim.eta=0.05", "optim.warmup_epochs=1", "corr_every_steps=4", "--out", str(out)]
     assert main(args) == 0
     cfg = load_config(PretrainConfig, out / "config.yaml")
-    assert cfg.epochs == 8 and cfg.model.projector == [64, 16] and cfg.data.cache == str(cache)
+    assert cfg.optim.epochs == 8 and cfg.model.projector == [64, 16] and cfg.data.cache == str(cache)
 
     rows = read_metrics(out, "train")
     assert [r["step"] for r in rows] == list(range(1, 9))  # 63 train images // 32: one step an epoch
@@ -126,7 +126,7 @@ def _kill_after_saving(monkeypatch, step: int) -> None:
     monkeypatch.setattr(run_mod, "save_checkpoint", save_then_die)
 
 
-RESUME = ["epochs=2", "batch_size=8", "model.projector=[32,16]", "checkpoint_every_steps=2"]  # 4 steps/epoch
+RESUME = ["optim.epochs=2", "optim.batch_size=8", "model.projector=[32,16]", "checkpoint_every_steps=2"]  # 4 steps/epoch
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -180,7 +180,7 @@ def test_a_changed_config_is_refused_and_a_missing_checkpoint_cannot_be_resumed(
 def test_finished_run_found_again_only_rewrites_the_backbone(small_cache, straight_run):
     before = _weights(straight_run)
     (straight_run / "backbone.pth").unlink()
-    path = run_mod.pretrain(tiny(small_cache, *RESUME, "data.num_workers=1"), straight_run)  # may change
+    path = run_mod.pretrain(tiny(small_cache, *RESUME, "data.workers=1"), straight_run)  # may change
     assert path == straight_run / "backbone.pth" and path.is_file()
     after = _weights(straight_run)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -209,7 +209,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 def test_paper_config_holds_the_paper_recipe():
     cfg = load_config(PretrainConfig, PAPER, ["data.cache=/data/cache/nih224"])
     assert (cfg.model.arch, cfg.model.init, cfg.model.projector) == ("resnet50", "imagenet", [8192, 8192, 8192])
-    assert (cfg.batch_size, cfg.epochs, cfg.views.size, cfg.views.policy, cfg.amp) == (768, 800, 224, "paper", "bf16")
+    assert (cfg.optim.batch_size, cfg.optim.epochs, cfg.model.size, cfg.views.policy, cfg.amp) == (768, 800, 224, "paper", "bf16")
     o = cfg.optim
     assert (o.lr_weights, o.lr_biases, o.weight_decay, o.momentum, o.eta) == (0.2, 0.0048, 1e-6, 0.9, 0.001)
     assert (o.warmup_epochs, o.final_lr_ratio, cfg.lambd) == (10, 0.001, 0.0051)
@@ -264,7 +264,7 @@ def test_run_from_a_weights_file_with_views_made_on_the_device(cache, tmp_path):
     """model.init=imagenet read from a file (--init-weights), views.on_gpu (here on the CPU), channels_last."""
     reference = _bn_state(torchvision.models.resnet18())
     torch.save(reference, tmp_path / "imagenet.pth")
-    over = ["epochs=2", "batch_size=32", "model.projector=[16]", "model.init=imagenet", "channels_last=true",
+    over = ["optim.epochs=2", "optim.batch_size=32", "model.projector=[16]", "model.init=imagenet", "channels_last=true",
             f"model.weights_file={tmp_path / 'imagenet.pth'}", "views.on_gpu=true", "views.policy=paper"]
     model = train_mod.build_model(tiny(cache, *over))
     assert torch.equal(model.backbone.conv1.weight, reference["conv1.weight"])

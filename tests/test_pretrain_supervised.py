@@ -3,11 +3,14 @@ its backbone.pth transfers like Barlow Twins' one, and the run engine resumes it
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torchvision
+from fixtures_dist import free_port, join_gloo
 from test_pretrain import TINY, make_unlabeled_cache
 from test_probe import demo_cfg, make_nih_cache
 
@@ -37,7 +40,7 @@ def labelled(tmp_path_factory) -> Path:
 
 def test_supervised_init_learns_the_labels_and_beats_random_features(labelled, tmp_path):
     out = tmp_path / "sup"
-    cfg = _cfg(labelled, "epochs=12", "batch_size=16", "optim.lr_weights=2.0", "optim.lr_biases=0.05",
+    cfg = _cfg(labelled, "optim.epochs=12", "optim.batch_size=16", "optim.lr_weights=2.0", "optim.lr_biases=0.05",
                "optim.warmup_epochs=1")
     path = pretrain(cfg, out)
     losses = [r["loss"] for r in read_metrics(out, "train")]
@@ -52,7 +55,7 @@ def test_supervised_init_learns_the_labels_and_beats_random_features(labelled, t
     # random features (same probe, same seed).
     auroc = {}
     for name, init in (("random", "random"), ("supervised", str(path))):
-        results = probe(demo_cfg(labelled, f"model.init={init}", "data.input_size=32", "optim.epochs=10"),
+        results = probe(demo_cfg(labelled, f"model.init={init}", "model.size=32", "optim.epochs=10"),
                         tmp_path / f"probe_{name}")
         auroc[name] = results["test"]["mean_auroc"]
     assert auroc["supervised"] > auroc["random"] + 0.02, auroc
@@ -61,7 +64,7 @@ def test_supervised_init_learns_the_labels_and_beats_random_features(labelled, t
 def test_supervised_run_resumes_to_the_same_weights(labelled, tmp_path, monkeypatch):
     import btcxr.engine.run as run_mod
 
-    cfg = _cfg(labelled, "epochs=2", "batch_size=16", "checkpoint_every_steps=3")
+    cfg = _cfg(labelled, "optim.epochs=2", "optim.batch_size=16", "checkpoint_every_steps=3")
     pretrain(cfg, tmp_path / "straight")
     real, calls = run_mod.save_checkpoint, {"n": 0}
 
@@ -85,8 +88,51 @@ def test_supervised_run_resumes_to_the_same_weights(labelled, tmp_path, monkeypa
 def test_supervised_needs_labels_and_loader_views(tmp_path):
     unlabeled = make_unlabeled_cache(tmp_path / "plain", n=12, size=32)
     with pytest.raises(BtcxrError, match="supervised pre-training"):
-        pretrain(_cfg(unlabeled, "epochs=1", "batch_size=4"), tmp_path / "run")
+        pretrain(_cfg(unlabeled, "optim.epochs=1", "optim.batch_size=4"), tmp_path / "run")
     with pytest.raises(BtcxrError, match="views.on_gpu=false"):
         _cfg(unlabeled, "views.on_gpu=true")
     with pytest.raises(BtcxrError, match="method must be one of"):
         _cfg(unlabeled, "method=simclr")
+
+
+def test_a_resumed_run_whose_data_gives_other_steps_an_epoch_is_refused(labelled, tmp_path):
+    """The cache may move on resume (data.cache is free to change), but one that gives another number of
+    steps an epoch would change the rest of the schedule and the data order: refused, nothing rewritten."""
+    out = tmp_path / "run"
+    pretrain(_cfg(labelled, "optim.epochs=1", "optim.batch_size=16"), out)  # 88 images: 5 steps an epoch
+    fewer = make_nih_cache(tmp_path / "fewer", n=(40, 8, 8), seed=4)  # 48 images: 3 steps an epoch
+    before = (out / "last.pt").read_bytes(), (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(BtcxrError, match=r"the run had 5 steps an epoch, the data now gives 3"):
+        pretrain(_cfg(fewer, "optim.epochs=1", "optim.batch_size=16"), out)
+    assert ((out / "last.pt").read_bytes(), (out / "metrics.jsonl").read_bytes()) == before
+
+
+def _counting_worker(rank: int, world: int, port: int, cache: str, out: str) -> None:
+    """A two-rank supervised run that counts, on this rank, the means over ranks it asks for."""
+    join_gloo(rank, world, port)
+    try:
+        import btcxr.engine.distributed as distributed
+        import btcxr.pretrain.supervised as supervised
+
+        calls: list[float] = []
+
+        def counting(value: float, env) -> float:
+            calls.append(value)
+            return value  # no collective: a rank that asks alone must show in the count, not hang the test
+
+        for module in (distributed, supervised):
+            module.mean_over_ranks = counting  # supervised: its own import (before the shared monitor)
+        pretrain(_cfg(Path(cache), "optim.epochs=1", "optim.batch_size=16", "log_every=2", "device=cpu"),
+                 Path(out) / "run")
+        (Path(out) / f"calls{rank}.json").write_text(json.dumps(len(calls)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_the_loss_is_averaged_over_the_ranks_only_for_a_metrics_row(labelled, tmp_path):
+    """Two gloo ranks, 5 steps, log_every=2: rows at steps 2, 4 and 5 (the last), and every rank joins
+    exactly one mean of the loss per row (a collective on every step, or on the main rank alone, is not
+    what the run engine promises)."""
+    mp.spawn(_counting_worker, args=(2, free_port(), str(labelled), str(tmp_path)), nprocs=2, join=True)
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [2, 4, 5]
+    assert [json.loads((tmp_path / f"calls{rank}.json").read_text()) for rank in range(2)] == [3, 3]

@@ -230,7 +230,7 @@ def test_selection_uses_val_and_scores_test_once_with_the_selected_epoch(tmp_pat
         return report
 
     monkeypatch.setattr(train, "auroc_report", fake)
-    cfg = demo_cfg(cache, "optim.epochs=3", "data.input_size=32", "optim.batch_size=8")
+    cfg = demo_cfg(cache, "optim.epochs=3", "model.size=32", "optim.batch_size=8")
     results = train.probe(cfg, tmp_path / "run")
     assert results["selected_epoch"] == 2
     assert results["val_mean_auroc_per_epoch"] == [0.6, 0.9, 0.7]
@@ -285,7 +285,7 @@ def test_linear_probe_on_random_features_learns_drawn_labels(nih_cache, tmp_path
 def test_finetune_run_stores_the_selected_backbone(small_cache, tmp_path):
     from btcxr.classify.train import probe
 
-    cfg = demo_cfg(small_cache, "probe.mode=finetune", "optim.epochs=1", "data.input_size=32")
+    cfg = demo_cfg(small_cache, "probe.mode=finetune", "optim.epochs=1", "model.size=32")
     results = probe(cfg, tmp_path / "run")
     assert results["mode"] == "finetune" and not results["cached_features"]
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
@@ -296,7 +296,7 @@ def test_label_fraction_trains_on_the_nested_subset(small_cache, tmp_path):
     from btcxr.classify.train import probe
     from btcxr.data.splits import label_fraction_ids
 
-    cfg = demo_cfg(small_cache, "data.fraction=0.25", "optim.epochs=1", "data.input_size=32")
+    cfg = demo_cfg(small_cache, "data.fraction=0.25", "optim.epochs=1", "model.size=32")
     results = probe(cfg, tmp_path / "run")
     assert results["n_images"]["train"] == len(label_fraction_ids(small_cache, 0.25, 0)) == 6
     assert results["n_images"]["val"] == 12 and results["fraction"] == 0.25
@@ -309,7 +309,7 @@ def test_resume_after_an_interruption_gives_the_same_results(small_cache, tmp_pa
     import btcxr.classify.train as train
 
     def cfg():
-        return demo_cfg(small_cache, "optim.epochs=2", "data.input_size=32", "optim.batch_size=8",
+        return demo_cfg(small_cache, "optim.epochs=2", "model.size=32", "optim.batch_size=8",
                         f"probe.mode={mode}")
 
     full = train.probe(cfg(), tmp_path / "full")
@@ -330,6 +330,76 @@ def test_resume_after_an_interruption_gives_the_same_results(small_cache, tmp_pa
     assert resumed["val_mean_auroc_per_epoch"] == pytest.approx(full["val_mean_auroc_per_epoch"], abs=1e-6)
     assert resumed["test"]["auroc"] == pytest.approx(full["test"]["auroc"], abs=1e-6)
     assert full["val_mean_auroc_per_epoch"][0] != pytest.approx(full["val_mean_auroc_per_epoch"][1], abs=1e-6)
+
+
+class SpyScaler(torch.amp.GradScaler):
+    """A disabled scaler (the CPU's) that records what the loop hands it."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu", enabled=False)
+        self.calls: list[tuple[str, object]] = []
+
+    def scale(self, outputs):
+        self.calls.append(("scale", outputs))
+        return super().scale(outputs)
+
+    def step(self, optimizer, *args, **kwargs):
+        self.calls.append(("step", optimizer))
+        return super().step(optimizer, *args, **kwargs)
+
+    def update(self, new_scale=None):
+        self.calls.append(("update", None))
+        return super().update(new_scale)
+
+
+def test_the_fp16_step_goes_through_the_gradient_scaler(small_cache, tmp_path, monkeypatch):
+    """amp: fp16 autocasts the fine-tuned backbone, so its loss must be scaled (docs/engine.md): every step
+    scales the loss and steps the optimizer through the run's scaler (a plain loss.backward() underflows
+    fp16 gradients on a GPU)."""
+    import btcxr.classify.train as train
+
+    made: list[tuple[SpyScaler, str]] = []
+
+    def spy(device: torch.device, amp: str) -> SpyScaler:
+        made.append((SpyScaler(), amp))
+        return made[-1][0]
+
+    monkeypatch.setattr(train, "grad_scaler", spy, raising=False)
+    cfg = demo_cfg(small_cache, "amp=fp16", "probe.mode=finetune", "optim.epochs=2", "model.size=32",
+                   "optim.batch_size=8", "log_every=1")
+    train.probe(cfg, tmp_path / "run")
+    assert [amp for _, amp in made] == ["fp16"]  # one scaler for the run, asked for the run's amp
+    calls = made[0][0].calls
+    steps = 2 * 3  # 24 train images in batches of 8, two epochs
+    assert [name for name, _ in calls] == ["scale", "step", "update"] * steps
+    losses = [arg for name, arg in calls if name == "scale"]
+    assert all(isinstance(x, torch.Tensor) and x.ndim == 0 and x.requires_grad for x in losses)
+    assert all(isinstance(arg, torch.optim.SGD) for name, arg in calls if name == "step")
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"] == {}  # resumed with the run
+
+
+def test_a_cpu_run_resumes_with_a_live_scaler(small_cache, tmp_path, monkeypatch):
+    """device may change on resume: a run begun on the CPU (its disabled scaler saved nothing) resumes
+    where fp16 scales the loss (a GPU; a live CPU scaler here), starting from the default scale."""
+    import btcxr.classify.train as train
+
+    cfg = demo_cfg(small_cache, "amp=fp16", "probe.mode=finetune", "optim.epochs=2", "model.size=32",
+                   "optim.batch_size=8")
+    real, calls = train.train_one_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.probe(cfg, tmp_path / "run")
+    monkeypatch.setattr(train, "train_one_epoch", real)
+    monkeypatch.setattr(train, "grad_scaler", lambda device, amp: torch.amp.GradScaler("cpu", init_scale=2.0**8))
+    train.probe(cfg, tmp_path / "run", resume=True)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]["scale"] == 2.0**8
 
 
 # ---------------------------------------------------------------------------------------- errors and inits
@@ -368,7 +438,7 @@ def test_imagenet_backbone_from_an_offline_weights_file(tmp_path):
 
 def test_paper_config_holds_the_published_recipe():
     cfg = load_config(ProbeConfig, PAPER)
-    assert (cfg.model.arch, cfg.data.input_size) == ("resnet50", 224)
+    assert (cfg.model.arch, cfg.model.size) == ("resnet50", 224)
     assert (cfg.optim.epochs, cfg.optim.batch_size) == (30, 64)
     assert (cfg.optim.lr_head, cfg.optim.momentum, cfg.optim.weight_decay) == (0.5, 0.9, 1e-6)
     assert cfg.probe.mode == "freeze" and cfg.probe.cache_features

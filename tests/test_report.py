@@ -16,7 +16,7 @@ from scipy import stats
 
 from btcxr.data.classes import NIH_LABELS, VINDR_CLASSES
 from btcxr.errors import BtcxrError
-from btcxr.report.build import build_report
+from btcxr.report.build import build_report, read_curve
 from btcxr.report.tables import fmt_fraction, fmt_interval, fmt_p
 
 # Known test mAP50 per init, label fraction and seed (seeds 0, 1, 2).
@@ -273,6 +273,16 @@ def test_broken_metrics_log_names_file_and_line(tmp_path):
     log.write_text(log.read_text() + "{not json\n")
     with pytest.raises(BtcxrError, match=r"metrics.jsonl, line 11: not valid JSON"):
         build_report(tmp_path / "report", results)
+
+
+def test_torn_last_line_of_a_metrics_log_is_left_out(tmp_path):
+    """A run killed while writing its log leaves a last line without its newline: the curves plot without it."""
+    results = make_results(tmp_path, seeds=(0, 2), probe=False)
+    log = Path(results.loc[0, "run_dir"]) / "metrics.jsonl"
+    whole = read_curve(results.loc[0], tmp_path / "report")
+    log.write_text(log.read_text() + '{"phase": "epoch", "step": 99, "epo')
+    assert read_curve(results.loc[0], tmp_path / "report") == whole
+    assert (build_report(tmp_path / "report", results)).is_file()
 
 
 def test_screenshot_script_says_when_chromium_is_missing(tmp_path):

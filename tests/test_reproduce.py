@@ -1,6 +1,9 @@
-"""`btcxr reproduce`: the experiment grid, sharding, the ImageNet fallback, and the demo pipeline end to end."""
+"""`btcxr reproduce`: the experiment grid, sharding, the ImageNet fallback, the plan, and the demo pipeline end
+to end."""
 
+import dataclasses
 import json
+import pickle
 from pathlib import Path
 
 import pandas as pd
@@ -10,9 +13,12 @@ import torch
 from btcxr.config_files import CONFIG_DIR
 from btcxr.engine.checkpoint import load_checkpoint
 from btcxr.errors import BtcxrError
+from btcxr.experiment import data_stage, grids, pretrain_stage, report_stage, results
 from btcxr.experiment import local as launcher
-from btcxr.experiment import stages as rp
+from btcxr.experiment.markers import DONE, Role
+from btcxr.experiment.plan import Plan
 from btcxr.experiment.spec import DetectionRun, Experiment, detection_grid, load_experiment, shard
+from btcxr.experiment.stages import make_plan, upstream_pending
 
 CONFIGS = CONFIG_DIR / "experiments"
 
@@ -59,41 +65,76 @@ RANDOM_FALLBACK = ["inits={imagenet: imagenet, btcxr: btcxr, random: random}", "
 
 def test_imagenet_fallback_drops_duplicate_init_and_moves_the_baseline(monkeypatch, tmp_path):
     _no_imagenet(monkeypatch)
-    exp = load_experiment(CONFIGS / "synthetic.yaml", RANDOM_FALLBACK)
-    ctx = rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path)
-    rp.check_imagenet(ctx, {"resnet18"})
-    assert ctx.inits == {"btcxr": "btcxr", "random": "random"}
-    assert ctx.baseline == "random"
-    assert "ImageNet weights could not be loaded" in ctx.notes[0]
-    assert all(r.init != "imagenet" for r in rp.detection_runs(ctx))
+    plan = make_plan(CONFIGS / "synthetic.yaml", RANDOM_FALLBACK, tmp_path, arch_names={"resnet18"})
+    assert plan.inits == {"btcxr": "btcxr", "random": "random"}
+    assert plan.baseline == "random"
+    assert "ImageNet weights could not be loaded" in plan.notes[-1]   # after the experiment's own notes
+    assert all(r.init != "imagenet" for r in grids.detection_runs(plan))
 
 
 def test_shipped_synthetic_experiment_has_every_arm_offline(monkeypatch, tmp_path):
     """What the README's table rests on: 4 arms with the positive control, >= 3 seeds, a fraction at or
     below 10 %, both fine-tuning rules there and the probe curve, with the stand-in in place of ImageNet."""
     _no_imagenet(monkeypatch)
-    exp = load_experiment(CONFIGS / "synthetic.yaml")
     # planned as a launcher does: the stand-in's data and pre-training are noted as to do, not run
-    ctx = rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path, stages=(), planning=True)
-    rp.check_imagenet(ctx, {"resnet18"})
-    assert ctx.pending == {"data", "pretrain"} and not (tmp_path / "data").exists()
-    assert ctx.inits == {"random": "random", "imagenet": "imagenet", "btcxr": "btcxr", "supervised": "supervised"}
-    assert ctx.imagenet_replaced is None and "stand-in" in ctx.notes[-1]
+    plan = make_plan(CONFIGS / "synthetic.yaml", (), tmp_path, arch_names={"resnet18"})
+    exp = plan.exp
+    assert upstream_pending(plan) == {"data", "pretrain"} and not (tmp_path / "data").exists()
+    assert plan.inits == {"random": "random", "imagenet": "imagenet", "btcxr": "btcxr", "supervised": "supervised"}
+    assert plan.imagenet_replaced is None and "stand-in" in plan.notes[-1]
+    assert [p.name for p in plan.pretrainings] == ["pretrain_natural", "pretrain", "pretrain_supervised"]
     assert len(exp.seeds) >= 3 and min(exp.fractions) <= 0.1 and exp.probe.curve_fraction
-    runs = rp.detection_runs(ctx)
+    runs = [r.run for r in grids.detection_runs(plan)]
     assert {r.rule for r in runs if r.fraction == min(exp.fractions)} == {"paper", "all"}
     assert len(runs) == 44
 
 
 def test_imagenet_fallback_replaces_when_random_is_not_compared(monkeypatch, tmp_path):
     _no_imagenet(monkeypatch)
-    exp = load_experiment(CONFIGS / "synthetic.yaml", [*RANDOM_FALLBACK, "inits={imagenet: imagenet, btcxr: btcxr}"])
-    ctx = rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path)
-    rp.check_imagenet(ctx, {"resnet18"})
-    assert ctx.inits == {"imagenet": "random", "btcxr": "btcxr"} and ctx.baseline == "imagenet"
-    exp.imagenet_fallback = None
+    overrides = [*RANDOM_FALLBACK, "inits={imagenet: imagenet, btcxr: btcxr}"]
+    plan = make_plan(CONFIGS / "synthetic.yaml", overrides, tmp_path, arch_names={"resnet18"})
+    assert plan.inits == {"imagenet": "random", "btcxr": "btcxr"} and plan.baseline == "imagenet"
     with pytest.raises(BtcxrError, match="imagenet_fallback"):
-        rp.check_imagenet(rp.Context(exp, CONFIGS / "synthetic.yaml", tmp_path), {"resnet18"})
+        make_plan(CONFIGS / "synthetic.yaml", [*overrides, "imagenet_fallback=null"], tmp_path, arch_names={"resnet18"})
+
+
+# ------------------------------------------------------------------------------------------ the plan
+def test_the_plan_is_immutable_and_pickles_whole(tmp_path):
+    plan = make_plan(CONFIGS / "demo.yaml", (), tmp_path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.baseline = "btcxr"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.runs = ()
+    with pytest.raises(TypeError):
+        plan.inits["imagenet"] = "imagenet"          # a FrozenDict: no item assignment
+    with pytest.raises(AttributeError):
+        plan.backbones.update({"btcxr": tmp_path})   # ... and none of dict's mutators
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.runs[0].key = "other"
+    assert isinstance(plan.runs, tuple) and isinstance(plan.notes, tuple)
+    assert [r.run_id for r in plan.runs] == ["det_random_s128_f1_seed0", "det_btcxr_s128_f1_seed0",
+                                             "probe_random_f1_seed0", "probe_btcxr_f1_seed0"]
+    assert plan.backbones == {"btcxr": tmp_path / "pretrain" / "backbone.pth"}
+    assert pickle.loads(pickle.dumps(plan)) == plan   # what submitit hands each SLURM job
+    assert not any(tmp_path.iterdir())               # planning writes nothing
+
+
+def test_the_stages_work_from_the_plan_they_are_given(tmp_path, monkeypatch):
+    """Once planned, the experiment file may change or vanish: the stages read the plan only."""
+    exp_path = _fake_experiment(tmp_path)
+    plan = make_plan(exp_path, (), tmp_path / "out")
+    exp_path.unlink()
+    monkeypatch.setattr("btcxr.experiment.stages.load_experiment", _must_not_plan)
+    fake = FakeFinetune()
+    monkeypatch.setattr("btcxr.detect.train.finetune", fake)
+    for run in grids.grid_runs(plan).values():
+        run()
+    assert sorted(name for name, _ in fake.calls) == sorted(r.run_id for r in plan.runs)
+    assert report_stage.write_report(plan).is_file() and len(pd.read_csv(tmp_path / "out" / "results.csv")) == 8
+
+
+def _must_not_plan(*args, **kwargs):
+    raise AssertionError("the plan was computed again")
 
 
 # ------------------------------------------------------------------ orchestration, with fake stages
@@ -208,7 +249,7 @@ def test_a_run_finished_with_other_settings_does_not_count_as_finished(tmp_path,
     out = tmp_path / "out"
     monkeypatch.setattr("btcxr.detect.train.finetune", FakeFinetune())
     launcher.reproduce(exp_path, out=out)
-    stale = out / "runs" / "det_random_s96_f0.5_seed0" / rp.DONE   # shard 0's run (grid index 0)
+    stale = out / "runs" / "det_random_s96_f0.5_seed0" / DONE   # shard 0's run (grid index 0)
     stale.write_text(json.dumps({"fingerprint": "other-settings"}))
     # Shard 1 must not write the report while shard 0 has still to redo that run.
     assert launcher.reproduce(exp_path, out=out, shard_index=1, shard_count=2) is None
@@ -225,41 +266,39 @@ class FakeExplainSplit:
         Path(out, "localisation.json").write_text(json.dumps({"models": {k: {} for k in labels}}))
 
 
-def _finished_detection_runs(ctx, inits):
+def _finished_detection_runs(plan: Plan, inits):
     for init in inits:
-        run_dir = ctx.out / "runs" / DetectionRun(init, max(ctx.exp.sizes), max(ctx.exp.fractions),
-                                                   ctx.exp.seeds[0]).run_id
+        run_dir = plan.out / "runs" / DetectionRun(init, max(plan.exp.sizes), max(plan.exp.fractions),
+                                                    plan.exp.seeds[0]).run_id
         run_dir.mkdir(parents=True)
-        (run_dir / rp.DONE).write_text(json.dumps({"fingerprint": f"{init}-v1"}))
+        (run_dir / DONE).write_text(json.dumps({"fingerprint": f"{init}-v1"}))
     return pd.DataFrame({"kind": ["detection"]})
 
 
 def test_localisation_compares_the_init_that_stands_in_for_a_dropped_imagenet(monkeypatch, tmp_path):
     _no_imagenet(monkeypatch)
-    ctx = rp.Context(load_experiment(CONFIGS / "synthetic.yaml", RANDOM_FALLBACK), CONFIGS / "synthetic.yaml",
-                     tmp_path)
-    rp.check_imagenet(ctx, {"resnet18"})        # imagenet dropped, random is the baseline
-    assert ctx.exp.localisation.inits == ["imagenet", "btcxr"]
-    results = _finished_detection_runs(ctx, ["random", "btcxr"])
+    # imagenet dropped, random is the baseline
+    plan = make_plan(CONFIGS / "synthetic.yaml", RANDOM_FALLBACK, tmp_path, arch_names={"resnet18"})
+    assert plan.exp.localisation.inits == ["imagenet", "btcxr"] and plan.renamed == {"imagenet": "random"}
+    finished = _finished_detection_runs(plan, ["random", "btcxr"])
     fake = FakeExplainSplit()
     monkeypatch.setattr("btcxr.explain.run.explain_split", fake)
-    summary, _ = rp.run_localisation(ctx, results)
+    summary, _ = results.run_localisation(plan, finished)
     assert fake.calls == [["random", "btcxr"]]   # two models: the report gets its side-by-side CAM grid
     assert set(summary["models"]) == {"random", "btcxr"}
 
 
 def test_localisation_is_redone_when_a_detection_run_it_explains_was_redone(monkeypatch, tmp_path):
-    exp = load_experiment(CONFIGS / "demo.yaml")
-    ctx = rp.Context(exp, CONFIGS / "demo.yaml", tmp_path)
-    results = _finished_detection_runs(ctx, ["random", "btcxr"])
+    plan = make_plan(CONFIGS / "demo.yaml", (), tmp_path)
+    finished = _finished_detection_runs(plan, ["random", "btcxr"])
     fake = FakeExplainSplit()
     monkeypatch.setattr("btcxr.explain.run.explain_split", fake)
-    rp.run_localisation(ctx, results)
-    rp.run_localisation(ctx, results)
+    results.run_localisation(plan, finished)
+    results.run_localisation(plan, finished)
     assert len(fake.calls) == 1                  # same runs: not redone
     run_dir = tmp_path / "runs" / DetectionRun("btcxr", 128, 1.0, 0).run_id
-    (run_dir / rp.DONE).write_text(json.dumps({"fingerprint": "btcxr-v2"}))   # fine-tuned again, same path
-    rp.run_localisation(ctx, results)
+    (run_dir / DONE).write_text(json.dumps({"fingerprint": "btcxr-v2"}))   # fine-tuned again, same path
+    results.run_localisation(plan, finished)
     assert len(fake.calls) == 2
 
 
@@ -271,7 +310,7 @@ def test_demo_pipeline_end_to_end(tmp_path, monkeypatch):
 
     out = tmp_path / "demo"
     overrides = ["data.synthetic={n_vindr: 70, n_nih: 60, size: 128, seed: 0, normal_fraction: 0.2}",
-                 "data.cache_size=96", "sizes=[96]", "pretrain.overrides=[epochs=1]",
+                 "data.cache_size=96", "sizes=[96]", "pretrain.overrides=[optim.epochs=1]",
                  "finetune.overrides=[optim.epochs=2]", "probe.overrides=[optim.epochs=2]",
                  "localisation.max_images=2", "localisation.ratio=0.05", "localisation.score_thr=0.0",
                  "cam_examples=1"]
@@ -349,8 +388,8 @@ def test_offline_arms_stand_in_for_imagenet_and_add_the_positive_control(tmp_pat
     exp_path = _fake_experiment(
         tmp_path, inits="{random: random, imagenet: imagenet, btcxr: btcxr, supervised: supervised}",
         imagenet_fallback="natural", baseline="random", seeds="[0]", fractions="[1.0]",
-        cross_domain="{n: 6, size: 48, cache_size: 32, overrides: [epochs=3]}",
-        supervised="{overrides: [epochs=5]}")
+        cross_domain="{n: 6, size: 48, cache_size: 32, overrides: [optim.epochs=3]}",
+        supervised="{overrides: [optim.epochs=5]}")
     text = exp_path.read_text().replace(f"pretrain: {{backbone: {tmp_path / 'backbone.pth'}}}",
                                         f"pretrain: {{config: {CONFIGS.parent / 'pretrain' / 'demo.yaml'}, "
                                         "overrides: [model.init=imagenet]}")
@@ -474,8 +513,8 @@ def test_every_arm_runs_for_real_offline(tmp_path, monkeypatch):
     overrides = ["data.synthetic={n_vindr: 48, n_nih: 48, size: 96, seed: 0, normal_fraction: 0.2}",
                  "data.cache_size=64", "data.pretrain_size=32", "sizes=[64]",
                  "inits={random: random, imagenet: imagenet, btcxr: btcxr, supervised: supervised}",
-                 "imagenet_fallback=natural", "cross_domain={n: 24, size: 48, cache_size: 32, overrides: [batch_size=8]}",
-                 "pretrain.overrides=[epochs=1, model.init=imagenet, 'backbone_steps=[0,1]']",
+                 "imagenet_fallback=natural", "cross_domain={n: 24, size: 48, cache_size: 32, overrides: [optim.batch_size=8]}",
+                 "pretrain.overrides=[optim.epochs=1, model.init=imagenet, 'backbone_steps=[0,1]']",
                  "finetune.overrides=[optim.epochs=1]", "probe.overrides=[optim.epochs=1]",
                  "probe.curve_fraction=1.0", "rules=[paper, all]", "localisation.enabled=false"]
     index = launcher.reproduce(CONFIGS / "demo.yaml", overrides, out=out, workers=1)
@@ -498,12 +537,12 @@ def test_a_copied_experiment_file_finds_its_stage_configs_in_the_package(tmp_pat
     """`btcxr configs show experiments/demo > mine.yaml`: its `../pretrain/demo.yaml` has no folder next to it."""
     copy = tmp_path / "mine.yaml"
     copy.write_text((CONFIGS / "demo.yaml").read_text())
-    ctx = rp.Context(load_experiment(copy), copy, tmp_path)
-    assert ctx.config(ctx.exp.pretrain.config, "pretrain") == CONFIG_DIR / "pretrain" / "demo.yaml"
-    assert ctx.config("finetune/demo", "finetune") == CONFIG_DIR / "finetune" / "demo.yaml"
-    assert ctx.config("", "probe") is None
+    plan = make_plan(copy, (), tmp_path)
+    assert plan.config(plan.exp.pretrain.config, "pretrain") == CONFIG_DIR / "pretrain" / "demo.yaml"
+    assert plan.config("finetune/demo", "finetune") == CONFIG_DIR / "finetune" / "demo.yaml"
+    assert plan.config("", "probe") is None
     with pytest.raises(BtcxrError, match="nope.*Known probe configs"):
-        ctx.config("nope", "probe")
+        plan.config("nope", "probe")
 
 
 def test_paper_experiment_plans_the_papers_arms_on_the_papers_ground_truth(monkeypatch, tmp_path):
@@ -513,26 +552,24 @@ def test_paper_experiment_plans_the_papers_arms_on_the_papers_ground_truth(monke
 
     prepared = []
     monkeypatch.setattr(cache_mod, "prepare", lambda settings: prepared.append(settings))
-    exp = load_experiment(CONFIGS / "paper.yaml", [f"data.vindr_root={tmp_path / 'vindr'}",
-                                                   f"data.nih_root={tmp_path / 'nih'}"])
-    ctx = rp.Context(exp, CONFIGS / "paper.yaml", tmp_path, stages=("data",))
-    rp.prepare_data(ctx)
+    monkeypatch.setattr(pretrain_stage, "imagenet_unavailable", lambda exp, archs: None)  # as where they load
+    plan = make_plan(CONFIGS / "paper.yaml", [f"data.vindr_root={tmp_path / 'vindr'}",
+                                              f"data.nih_root={tmp_path / 'nih'}"], tmp_path)
+    data_stage.prepare_data(plan, Role(("data",)))
     vindr = next(s for s in prepared if s.dataset == "vindr")
     assert (vindr.protocol, vindr.size) == ("paper", 640)
     assert next(s for s in prepared if s.dataset == "nih").protocol == "btcxr"
-    runs = rp.detection_runs(ctx)
+    runs = [r.run for r in grids.detection_runs(plan)]
     assert {(r.init, r.size, r.fraction, r.seed) for r in runs} == {
         (i, s, f, seed) for i in ("imagenet", "btcxr", "random") for s in (224, 640)
         for f in (0.01, 0.1, 1.0) for seed in (0, 1, 2)}
-    cfg = rp.detection_config(ctx, next(r for r in runs if r.size == 224 and r.init == "btcxr"))
+    cfg = grids.detection_config(plan, next(r for r in runs if r.size == 224 and r.init == "btcxr"))
     assert cfg.model.size == 224 and cfg.data.cache == str(tmp_path / "cache" / "vindr")
 
 
 def test_report_notes_say_which_protocol_made_the_ground_truth(tmp_path):
-    exp = load_experiment(CONFIGS / "demo.yaml")
-    ctx = rp.Context(exp, CONFIGS / "demo.yaml", tmp_path)
-    assert rp._ground_truth_note(ctx) == []
-    ctx.vindr_cache = tmp_path / "cache"
-    ctx.vindr_cache.mkdir()
-    (ctx.vindr_cache / "prepare.json").write_text(json.dumps({"ground_truth": "the paper's protocol: x"}))
-    assert rp._ground_truth_note(ctx) == ["VinDr ground truth and split: the paper's protocol: x."]
+    plan = make_plan(CONFIGS / "demo.yaml", (), tmp_path)
+    assert report_stage.ground_truth_note(plan) == []          # the cache is not prepared yet
+    plan.vindr_cache.mkdir(parents=True)
+    (plan.vindr_cache / "prepare.json").write_text(json.dumps({"ground_truth": "the paper's protocol: x"}))
+    assert report_stage.ground_truth_note(plan) == ["VinDr ground truth and split: the paper's protocol: x."]

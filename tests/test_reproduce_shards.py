@@ -17,8 +17,9 @@ from btcxr.cli import build_parser, main
 from btcxr.config_files import CONFIG_DIR
 from btcxr.engine.io import is_temp_name
 from btcxr.errors import BtcxrError
+from btcxr.experiment import data_stage
 from btcxr.experiment import local as launcher
-from btcxr.experiment import stages as rp
+from btcxr.experiment import results as results_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = CONFIG_DIR / "experiments" / "demo.yaml"
@@ -61,8 +62,8 @@ def test_the_library_refuses_a_bad_shard_before_any_stage(tmp_path, monkeypatch)
     def must_not_run(*args, **kwargs):
         raise AssertionError("a stage started despite a bad shard")
 
-    monkeypatch.setattr(rp, "prepare_data", must_not_run)
-    monkeypatch.setattr(launcher, "open_context", must_not_run)
+    monkeypatch.setattr(data_stage, "prepare_data", must_not_run)
+    monkeypatch.setattr(launcher, "make_plan", must_not_run)
     for index, count in [(2, 2), (0, 0), (-1, 3)]:
         with pytest.raises(BtcxrError, match="invalid"):
             launcher.reproduce(DEMO, out=tmp_path / "out", shard_index=index, shard_count=count)
@@ -106,7 +107,7 @@ def test_shards_finishing_together_take_turns_writing_results_and_report(tmp_pat
     import btcxr.report.build as build
 
     monkeypatch.setattr("btcxr.detect.train.finetune", finetune)
-    monkeypatch.setattr(rp, "write_csv", exclusive(rp.write_csv))
+    monkeypatch.setattr(results_stage, "write_csv", exclusive(results_stage.write_csv))
     monkeypatch.setattr(build, "build_report", exclusive(build.build_report))
 
     returned: dict[int, object] = {}
@@ -135,7 +136,7 @@ def test_shards_finishing_together_take_turns_writing_results_and_report(tmp_pat
 
 # ------------------------------------------------------------------------ the real thing, 2 processes
 TINY = ["data.synthetic={n_vindr: 48, n_nih: 40, size: 96, seed: 0, normal_fraction: 0.2}",
-        "data.cache_size=64", "data.pretrain_size=32", "sizes=[64]", "pretrain.overrides=[epochs=1]",
+        "data.cache_size=64", "data.pretrain_size=32", "sizes=[64]", "pretrain.overrides=[optim.epochs=1]",
         "finetune.overrides=[optim.epochs=1]", "probe.overrides=[optim.epochs=1]",
         "localisation.max_images=1", "localisation.ratio=0.05", "localisation.score_thr=0.0", "cam_examples=1"]
 

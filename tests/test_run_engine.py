@@ -153,7 +153,7 @@ def test_probe_and_finetune_stop_on_a_non_finite_loss(tmp_path, monkeypatch):
     cache = make_nih_cache(tmp_path / "nih", n=(16, 8, 8), seed=1)
     monkeypatch.setattr(probe_train.nn, "BCEWithLogitsLoss", lambda: (lambda logits, y: logits.sum() * np.nan))
     code = main(["probe", "--config", str(CONFIG_DIR / "probe/demo.yaml"), f"data.cache={cache}",
-                 "tensorboard=false", "data.input_size=32", "--out", str(tmp_path / "probe")])
+                 "tensorboard=false", "model.size=32", "--out", str(tmp_path / "probe")])
     assert code == 2
     vindr = write_square_cache(tmp_path / "vindr", {"train": 4, "val": 2})
     cfg = tiny_config(vindr, **{"optim.lr": 1e6, "optim.warmup_iters": 0, "optim.clip_grad": "null"})
@@ -194,7 +194,7 @@ def test_probe_backbone_is_model_init_and_a_changed_resume_is_refused(tmp_path, 
 
     cache = make_nih_cache(tmp_path / "nih", n=(16, 8, 8), seed=1)
     args = ["probe", "--config", str(CONFIG_DIR / "probe/demo.yaml"), f"data.cache={cache}", "tensorboard=false",
-            "data.input_size=32", "optim.epochs=2", "--out", str(tmp_path / "run")]
+            "model.size=32", "optim.epochs=2", "--out", str(tmp_path / "run")]
     assert main([*args, "--backbone", "random"]) == 0
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "init: random" in config

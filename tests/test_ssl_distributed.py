@@ -22,7 +22,7 @@ from btcxr.pretrain.barlow_twins.model import BarlowTwins
 from btcxr.pretrain.run import pretrain
 
 B = 4  # images per rank
-RUN = ["epochs=1", "batch_size=8", "model.projector=[32,16]", "checkpoint_every_steps=0"]
+RUN = ["optim.epochs=1", "optim.batch_size=8", "model.projector=[32,16]", "checkpoint_every_steps=0"]
 
 
 def _model() -> BarlowTwins:

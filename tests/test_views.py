@@ -53,7 +53,7 @@ def test_paper_ops_keep_the_three_gray_copies_equal():
 
 def test_paper_views_solarize_only_the_second_view_a_fifth_of_the_time():
     # on an all-white image a view is dark only when solarised (brightness, contrast, blur keep it >= 153)
-    views = TwoViews(ViewsConfig(policy="paper", size=16))
+    views = TwoViews(ViewsConfig(policy="paper"), 16)
     white = torch.full((1, 24, 24), 255, dtype=torch.uint8)
     torch.manual_seed(0)
     dark = [[float(v.float().mean()) < 128 for v in views(white)] for _ in range(400)]
@@ -63,7 +63,7 @@ def test_paper_views_solarize_only_the_second_view_a_fifth_of_the_time():
 
 def test_two_views_are_single_channel_uint8_and_accept_16_bit_caches():
     for policy in ("paper", "radiograph"):
-        views = TwoViews(ViewsConfig(policy=policy, size=20))
+        views = TwoViews(ViewsConfig(policy=policy), 20)
         x16 = _image().to(torch.int32).mul(257).to(torch.uint16)
         torch.manual_seed(0)
         a, b = views(x16)
@@ -75,7 +75,7 @@ def test_two_views_are_single_channel_uint8_and_accept_16_bit_caches():
 
 def test_views_are_a_function_of_seed_epoch_and_index():
     images = [_image(seed=i) for i in range(3)]
-    data = SeededViews(images, TwoViews(ViewsConfig(policy="radiograph", size=24)), seed=5)
+    data = SeededViews(images, TwoViews(ViewsConfig(policy="radiograph"), 24), seed=5)
     a = data[(0, 1)]
     torch.manual_seed(123)  # the caller's RNG plays no part and is left alone
     state = torch.get_rng_state()
@@ -162,23 +162,23 @@ def test_batched_blur_matches_torchvision_gaussian_blur():
 
 @pytest.mark.parametrize("policy", ["paper", "radiograph"])
 def test_batched_views_draw_per_image(policy):
-    cfg = ViewsConfig(policy=policy, size=16, on_gpu=True)
+    cfg, size = ViewsConfig(policy=policy, on_gpu=True), 16
     same = _image(32, 32).expand(8, 1, 32, 32)
     g = torch.Generator().manual_seed(0)
-    v1, v2_ = bv.BatchedViews(cfg)(same, g)
+    v1, v2_ = bv.BatchedViews(cfg, size)(same, g)
     assert v1.shape == v2_.shape == (8, 1, 16, 16)
     assert float(v1.min()) >= 0 and float(v1.max()) <= 1
     # eight copies of one image get eight different views
     distinct = {tuple(v.flatten()[:50].tolist()) for v in v1}
     assert len(distinct) == 8
-    again = bv.BatchedViews(cfg)(same, torch.Generator().manual_seed(0))[0]
+    again = bv.BatchedViews(cfg, size)(same, torch.Generator().manual_seed(0))[0]
     assert torch.equal(v1, again)
 
 
 def test_batched_paper_views_solarize_only_view_two():
-    cfg = ViewsConfig(policy="paper", size=8, on_gpu=True)
+    cfg, size = ViewsConfig(policy="paper", on_gpu=True), 8
     white = torch.full((1000, 1, 12, 12), 255, dtype=torch.uint8)
-    v1, v2_ = bv.BatchedViews(cfg)(white, torch.Generator().manual_seed(0))
+    v1, v2_ = bv.BatchedViews(cfg, size)(white, torch.Generator().manual_seed(0))
     dark1 = (v1.mean(dim=(1, 2, 3)) < 0.5).float().mean().item()
     dark2 = (v2_.mean(dim=(1, 2, 3)) < 0.5).float().mean().item()
     assert dark1 == 0.0 and dark2 == pytest.approx(0.2, abs=0.04)

@@ -21,7 +21,6 @@ class DataConfig:
     cache: str = ""  # an NIH cache written by `btcxr prepare nih`
     fraction: float = 1.0  # share of the training part with labels (1 %, 10 %, 100 % in the paper)
     fraction_seed: int = 0  # seed of the nested, stratified label subsets (kept apart from the run seed)
-    input_size: int = 224
     workers: int = 4
     train_split: str = "train"
     val_split: str = "val"
@@ -30,8 +29,6 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
             raise ValueError(f"data.fraction must be in (0, 1], got {self.fraction}")
-        if self.input_size < 16:
-            raise ValueError(f"data.input_size must be at least 16, got {self.input_size}")
         if self.workers < 0:
             raise ValueError(f"data.workers must be >= 0, got {self.workers}")
 
@@ -45,10 +42,13 @@ class ModelConfig:
     weights_file: str | None = None  # ImageNet weights from a local file (offline machines; --init-weights)
     # torchvision weights name for init=imagenet; None: the paper's (IMAGENET1K_V2 for ResNet-50)
     imagenet_weights: str | None = None
+    size: int = 224  # the input size: side of the square input
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.size < 16:
+            raise ValueError(f"model.size must be at least 16, got {self.size}")
         if not self.init:
             raise ValueError("model.init must name an init: imagenet, random or a backbone file")
 
@@ -122,8 +122,10 @@ class ProbeConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
-    # Keys of older versions -> (where they live now, value conversion).
-    MOVED: ClassVar[dict] = {"optim.amp": ("amp", lambda on: "bf16" if on else "none")}
+    # Keys of older versions -> (where they live now, value conversion): old run folders and configs keep
+    # loading, with a warning naming the new key (model.size is every stage's input size).
+    MOVED: ClassVar[dict] = {"optim.amp": ("amp", lambda on: "bf16" if on else "none"),
+                             "data.input_size": ("model.size", None)}
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:

@@ -48,14 +48,14 @@ def check_nih_cache(cache: str | Path) -> Path:
     return cache
 
 
-def nih_splits(data: DataConfig, augment: AugmentConfig, train_augment: bool = True) -> dict[str, Dataset]:
-    """The train part (data.fraction of it, nested and seeded by data.fraction_seed), val and test.
+def nih_splits(data: DataConfig, augment: AugmentConfig, size: int, train_augment: bool = True) -> dict[str, Dataset]:
+    """The train part (data.fraction of it, nested and seeded by data.fraction_seed), val and test, at size px.
 
     train_augment=False gives the training images their eval view (for feature caching).
     """
     cache = check_nih_cache(data.cache)
-    train_tf = train_transform(data.input_size, augment) if train_augment else eval_transform(data.input_size)
-    eval_tf = eval_transform(data.input_size)
+    train_tf = train_transform(size, augment) if train_augment else eval_transform(size)
+    eval_tf = eval_transform(size)
     return {
         "train": NihClassification(cache, data.train_split, fraction=data.fraction, seed=data.fraction_seed,
                                    transform=train_tf),

@@ -33,9 +33,11 @@ from btcxr.config import config_to_dict
 from btcxr.data.classes import NIH_LABELS
 from btcxr.engine.checkpoint import library_versions, load_checkpoint, save_checkpoint
 from btcxr.engine.distributed import DistEnv
+from btcxr.engine.loop import backward_step, set_learning_rates
+from btcxr.engine.progress import Progress
 from btcxr.engine.run import RunDir
 from btcxr.engine.runlog import MetricsLog
-from btcxr.engine.runtime import autocast, resolve_device, seed_everything
+from btcxr.engine.runtime import autocast, grad_scaler, resolve_device, seed_everything
 from btcxr.engine.schedule import warmup_cosine
 from btcxr.errors import BtcxrError
 from btcxr.logs import progress_disabled
@@ -74,7 +76,7 @@ def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[s
         log.warning("probe.select_on=test: the epoch is picked on the test split, as the authors' evaluate.py "
                     "did; the test AUROC then took part in the choice and overstates the model")
 
-    datasets = nih_splits(cfg.data, cfg.augment, train_augment=not use_features)
+    datasets = nih_splits(cfg.data, cfg.augment, cfg.model.size, train_augment=not use_features)
     n_images = {name: len(ds) for name, ds in datasets.items()}
     log.info("images: train %d (fraction %g), val %d, test %d", n_images["train"], cfg.data.fraction,
              n_images["val"], n_images["test"])
@@ -87,11 +89,13 @@ def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[s
                   for name, ds in datasets.items()}
 
     optimizer = _optimizer(model, cfg, frozen)
+    scaler = grad_scaler(device, "none" if use_features else cfg.amp)  # the head on features trains in fp32
     steps_per_epoch = math.ceil(n_images["train"] / cfg.optim.batch_size)
     factor = lr_factors(cfg.optim, steps_per_epoch)
     state = {"epoch": 0, "best_epoch": 0, "best_val": -math.inf, "val_history": [], "test_history": []}
     if run.resumed:
-        saved = run.restore(head=model.head, backbone=None if frozen else model.backbone, optimizer=optimizer)
+        saved = run.restore(head=model.head, backbone=None if frozen else model.backbone, optimizer=optimizer,
+                            scaler=scaler)
         state = {k: saved.get(k, state[k]) for k in state}
     metrics = run.open_metrics()
     criterion = nn.BCEWithLogitsLoss()
@@ -105,7 +109,8 @@ def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[s
             first = (epoch - 1) * steps_per_epoch
             loss = train_one_epoch(model, batches, optimizer, criterion, factor[first:first + steps_per_epoch],
                                    cfg.amp, head_only=use_features, desc=f"epoch {epoch}/{cfg.optim.epochs}",
-                                   run=run, metrics=metrics, step=first, epoch=epoch, log_every=cfg.log_every)
+                                   run=run, scaler=scaler, metrics=metrics, step=first, epoch=epoch,
+                                   log_every=cfg.log_every, last=cfg.optim.epochs * steps_per_epoch)
             val = evaluate(model, source["val"], cfg, device, use_features, "val", quiet=epoch > 1)
             state["val_history"].append(float(val.mean))
             chosen = val
@@ -122,7 +127,7 @@ def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[s
                 save_checkpoint(run.path / BEST, _model_state(model, frozen, epoch, cfg))
             state["epoch"] = epoch
             run.save(step=step, head=model.head, backbone=None if frozen else model.backbone,
-                     optimizer=optimizer, **state)
+                     optimizer=optimizer, scaler=scaler, **state)
         if state["best_epoch"] == 0:
             split = cfg.data.test_split if on_test else cfg.data.val_split
             raise BtcxrError(f"no epoch gave a defined mean {cfg.probe.select_on} AUROC (every label has a single "
@@ -145,7 +150,7 @@ def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[s
         "fraction_seed": cfg.data.fraction_seed,
         "seed": cfg.seed,
         "cache": str(cfg.data.cache),
-        "input_size": cfg.data.input_size,
+        "input_size": cfg.model.size,
         "cached_features": use_features,
         "epochs": cfg.optim.epochs,
         "selected_epoch": state["best_epoch"],
@@ -169,31 +174,32 @@ def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[s
 def train_one_epoch(model: ProbeModel, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
                     optimizer: torch.optim.Optimizer, criterion: nn.Module, lr_factor: np.ndarray, amp: str,
                     head_only: bool, desc: str = "", *, run: RunDir | None = None,
-                    metrics: MetricsLog | None = None, step: int = 0, epoch: int = 1,
-                    log_every: int = 10) -> float:
+                    scaler: torch.amp.GradScaler | None = None, metrics: MetricsLog | None = None, step: int = 0,
+                    epoch: int = 1, log_every: int = 10, last: int | None = None) -> float:
     """One pass over `batches` (images, or features when head_only); returns the mean loss. `step`: the
-    global step before this epoch (metrics rows every `log_every` steps)."""
+    global step before this epoch (metrics rows every `log_every` steps and at the run's `last`); `scaler`:
+    the run's loss scaler (none: a disabled one, a plain backward and step)."""
     model.train()
+    env = run.env if run is not None else DistEnv()
+    scaler = scaler if scaler is not None else grad_scaler(env.device, "none")
     base = [g["initial_lr"] for g in optimizer.param_groups]
     total, count = 0.0, 0
-    bar = tqdm(batches, total=len(lr_factor), desc=desc, leave=False, disable=progress_disabled())
-    for i, (x, y) in enumerate(bar):
-        for group, peak in zip(optimizer.param_groups, base):
-            group["lr"] = peak * float(lr_factor[min(i, len(lr_factor) - 1)])
-        with autocast(x.device, "none" if head_only else amp):
-            logits = model.head(x) if head_only else model(x)
-        loss = criterion(logits.float(), y)
-        if run is not None:
-            run.check_finite(loss, step, epoch - 1, "Lower optim.lr_head / optim.lr_backbone.")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        total += loss.item() * len(y)
-        count += len(y)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if metrics is not None and step % log_every == 0:
-            metrics.log(step, "train", epoch=epoch, loss=loss.item(), lr_head=optimizer.param_groups[0]["lr"])
+    with Progress(env, metrics, log_every=log_every, last=last, start=step, length=len(lr_factor), desc=desc,
+                  leave=False) as progress:
+        for i, (x, y) in enumerate(batches):
+            factor = float(lr_factor[min(i, len(lr_factor) - 1)])
+            set_learning_rates(optimizer, [peak * factor for peak in base])
+            with autocast(x.device, "none" if head_only else amp):
+                logits = model.head(x) if head_only else model(x)
+            loss = criterion(logits.float(), y)
+            if run is not None:
+                run.check_finite(loss, step, epoch - 1, "Lower optim.lr_head / optim.lr_backbone.")
+            backward_step(loss, optimizer, scaler)
+            step += 1
+            total += loss.item() * len(y)
+            count += len(y)
+            if progress.update(step):
+                progress.row(step, epoch=epoch, loss=loss, lr_head=optimizer.param_groups[0]["lr"])
     return total / max(count, 1)
 
 

@@ -20,7 +20,8 @@ shards started by hand on one machine (shared stages are file-locked; the last s
 --launcher slurm submits it to a SLURM cluster through submitit: a data job, the pre-training as one job of
 --nodes x --gpus-per-task GPUs, the runs as a job array, then the report job, chained by dependencies. Job
 ids, states and logs go to OUT/slurm/; run the same command again to submit what failed or was pre-empted
-(queued and running jobs are left alone, finished runs skipped).
+(queued and running jobs are left alone, finished runs skipped). The experiment is planned once, by the
+launch; each job runs that plan, and a queued job planned with settings changed since is replaced.
 """
 
 EPILOG = """\

@@ -50,8 +50,6 @@ from btcxr.data.cache_format import (
     check_image_id,
     iter_temp_files,
     read_settings,
-    write_csv_atomic,
-    write_json_atomic,
 )
 from btcxr.data.classes import NO_FINDING
 from btcxr.data.images import (
@@ -63,7 +61,7 @@ from btcxr.data.images import (
     resize_to,
 )
 from btcxr.data.protocol import PAPER_SPLIT_FILE, check_protocol, paper_lists, paper_split
-from btcxr.engine.io import ensure_dir, write_bytes
+from btcxr.engine.io import ensure_dir, write_bytes, write_csv, write_json
 from btcxr.errors import BtcxrError, check_on_error
 from btcxr.logs import progress_disabled
 
@@ -266,7 +264,7 @@ def prepare(settings: PrepareSettings) -> PrepareReport:
                          f"the cache file {tasks.loc[dup, 'file'].iloc[0]}")
 
     started = time.time()
-    write_json_atomic(_settings_record(settings, status="running"), cache / SETTINGS)
+    write_json(cache / SETTINGS, _settings_record(settings, status="running"), sort_keys=False)
     journal = Journal(cache)
     done = journal.read(size=settings.size)  # only images whose PNG is still the one journaled
     wanted = set(tasks["image_id"])
@@ -311,7 +309,7 @@ def prepare(settings: PrepareSettings) -> PrepareReport:
     # the same order on every run
     listed = plan.dropped_rows + plan.missing + sorted(errors, key=lambda e: e["image_id"])
     if listed:
-        write_csv_atomic(pd.DataFrame(listed, columns=ERROR_COLUMNS), cache / ERRORS)
+        write_csv(cache / ERRORS, pd.DataFrame(listed, columns=ERROR_COLUMNS))
         log.warning("skipped %d unreadable file(s), %d repeated annotation row(s) and %d image(s) without a file; "
                     "they are listed in %s", len(errors), len(plan.dropped_rows), len(plan.missing), cache / ERRORS)
     else:
@@ -320,7 +318,7 @@ def prepare(settings: PrepareSettings) -> PrepareReport:
               "skipped": len(errors), "dropped_rows": len(plan.dropped_rows), "missing_images": len(plan.missing)}
     record = _settings_record(settings, status="complete") | summary | {
         "counts": counts, "seconds": round(time.time() - started, 1)}
-    write_json_atomic(record, cache / SETTINGS)
+    write_json(cache / SETTINGS, record, sort_keys=False)
     log.info("cache %s: %d images (%d prepared now, %d reused, %d skipped)", cache, counts["images"],
              prepared, reused, len(errors))
     return PrepareReport(cache=cache, images=counts["images"], prepared=prepared, reused=reused,
@@ -414,7 +412,7 @@ def _plan(s: PrepareSettings, cache: Path) -> _Plan:
 
 def _write_manifest(cache: Path, manifest: pd.DataFrame) -> None:
     manifest = manifest.sort_values("image_id", kind="stable")[MANIFEST_COLUMNS]
-    write_csv_atomic(manifest, cache / MANIFEST)
+    write_csv(cache / MANIFEST, manifest)
     # Label-fraction orderings saved by the datasets belong to the previous manifest's labels.
     for stale in (cache / splitting.SPLITS_DIR).glob("order_*.csv"):
         stale.unlink(missing_ok=True)
@@ -459,7 +457,7 @@ def _plan_nih(s: PrepareSettings, cache: Path) -> _Plan:
 
             boxes = source.bboxes[source.bboxes["image_id"].isin(manifest["image_id"])]
             check_boxes_inside(boxes, manifest, f"BBox_List_2017.csv under {s.root}")
-            write_csv_atomic(boxes, cache / NIH_BOXES)
+            write_csv(cache / NIH_BOXES, boxes)
         pretrain = ["train", "val"] + (["test", "reserved"] if s.include_test_in_pretrain else [])
         return {"images": len(manifest), "split_file": name, "pretrain_splits": pretrain,
                 "parts": manifest["split"].value_counts().to_dict()}
@@ -546,10 +544,10 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
         annotations = fused[fused["image_id"].isin(manifest["image_id"])][ANNOTATION_COLUMNS]
         annotations = annotations.sort_values(["image_id", "class_id", "x_min", "y_min"], kind="stable")
         _write_manifest(cache, manifest)
-        write_csv_atomic(annotations, cache / ANNOTATIONS)
+        write_csv(cache / ANNOTATIONS, annotations)
         readers = pd.concat(reader_parts, ignore_index=True)
         readers = readers[readers["image_id"].isin(manifest["image_id"])][READER_COLUMNS]
-        write_csv_atomic(readers.sort_values(["image_id", "rad_id", "class_id"], kind="stable"), cache / READERS)
+        write_csv(cache / READERS, readers.sort_values(["image_id", "rad_id", "class_id"], kind="stable"))
         from btcxr.data.coco import write_coco
 
         for part in splitting.PART_NAMES:

@@ -44,36 +44,11 @@ MANIFEST_COLUMNS = ["image_id", "file", "patient_id", "split", "labels", "orig_w
 ANNOTATION_COLUMNS = ["image_id", "class_id", "class_name", "x_min", "y_min", "x_max", "y_max", "score"]
 READER_COLUMNS = ["image_id", "rad_id", "class_id", "x_min", "y_min", "x_max", "y_max"]
 JOURNAL_COLUMNS = ["image_id", "file", "orig_width", "orig_height", "width", "height", "scale", "bytes", "crc32"]
-_JOURNAL_V1_COLUMNS = JOURNAL_COLUMNS[:7]  # journals written before the PNG checksums were recorded
 ERROR_COLUMNS = ["image_id", "path", "reason"]
 TEMP_MARK = engine_io.TEMP_MARK
 
 
 # ----------------------------------------------------------------------------------------------- writing
-# Every file goes through btcxr.engine.io: a temporary name beside it, renamed over it; a failed write
-# (full disk, no permission) is a BtcxrError naming the file. These names are kept for the callers.
-def temp_path(path: Path) -> Path:
-    """A temporary name next to `path` (same directory, so os.replace is atomic), hidden, marked, unique."""
-    return engine_io.temp_name(Path(path))
-
-
-def is_temp_name(name: str) -> bool:
-    return engine_io.is_temp_name(name)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    engine_io.write_bytes(path, data)
-
-
-def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Whole-file CSV write: readers see the old file or the new one, never half of one."""
-    engine_io.write_csv(path, frame)
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    engine_io.write_json(path, obj, sort_keys=False)
-
-
 def png_checksum(path: Path) -> tuple[int, int]:
     """(bytes, CRC-32) of a file: what the journal records of a cached PNG to recognise it unchanged."""
     crc = 0
@@ -183,14 +158,12 @@ class Journal:
 
 def _journal_entry(row: list[str], size: int | None) -> dict[str, Any] | None:
     """A parsed, self-consistent journal row, or None."""
-    if len(row) not in (len(JOURNAL_COLUMNS), len(_JOURNAL_V1_COLUMNS)):
+    if len(row) != len(JOURNAL_COLUMNS):
         return None
     try:
         entry: dict[str, Any] = {"image_id": row[0], "file": row[1], "orig_width": int(row[2]),
                                  "orig_height": int(row[3]), "width": int(row[4]), "height": int(row[5]),
-                                 "scale": float(row[6])}
-        if len(row) == len(JOURNAL_COLUMNS):
-            entry["bytes"], entry["crc32"] = int(row[7]), int(row[8])
+                                 "scale": float(row[6]), "bytes": int(row[7]), "crc32": int(row[8])}
     except ValueError:
         return None
     if not entry["image_id"] or entry["file"] != cache_file_name(entry["image_id"]):
@@ -217,19 +190,10 @@ def _journal_entry(row: list[str], size: int | None) -> dict[str, Any] | None:
 def _check_cached_png(path: Path, entry: dict[str, Any]) -> str | None:
     """Why the cached PNG is not the one journaled (None when it is)."""
     try:
-        if "bytes" in entry:
-            if path.stat().st_size != entry["bytes"]:
-                return f"has {path.stat().st_size} bytes, the journal recorded {entry['bytes']}"
-            if png_checksum(path)[1] != entry["crc32"]:
-                return "does not match its journaled checksum (damaged)"
-            return None
-        # A journal of an older version, without checksums: the PNG must decode to the journaled size.
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im.load()
-            if im.size != (entry["width"], entry["height"]):
-                return f"is {im.size[0]} x {im.size[1]}, the journal recorded {entry['width']} x {entry['height']}"
+        if path.stat().st_size != entry["bytes"]:
+            return f"has {path.stat().st_size} bytes, the journal recorded {entry['bytes']}"
+        if png_checksum(path)[1] != entry["crc32"]:
+            return "does not match its journaled checksum (damaged)"
     except FileNotFoundError:
         return "is missing"
     except Exception as exc:  # unreadable, truncated, not a PNG
@@ -294,5 +258,5 @@ def iter_temp_files(cache: Path) -> Iterator[Path]:
     for folder in (cache, cache / IMAGES_DIR, cache / "splits"):
         if folder.is_dir():
             for entry in os.scandir(folder):
-                if is_temp_name(entry.name) and entry.is_file():
+                if engine_io.is_temp_name(entry.name) and entry.is_file():
                     yield Path(entry.path)

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from btcxr.data.cache_format import write_json_atomic
 from btcxr.data.vindr import BOX_COLUMNS
+from btcxr.engine.io import write_json
 
 
 def coco_detection(images: pd.DataFrame, annotations: pd.DataFrame, classes: Sequence[str],
@@ -55,4 +55,4 @@ def coco_detection(images: pd.DataFrame, annotations: pd.DataFrame, classes: Seq
 def write_coco(path: Path, images: pd.DataFrame, annotations: pd.DataFrame, classes: Sequence[str],
                description: str = "") -> None:
     """coco_detection(...) written atomically as JSON."""
-    write_json_atomic(coco_detection(images, annotations, classes, description), Path(path))
+    write_json(Path(path), coco_detection(images, annotations, classes, description), sort_keys=False)

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from btcxr.data.cache_format import read_manifest, write_csv_atomic
+from btcxr.data.cache_format import read_manifest
 from btcxr.data.classes import NO_FINDING, VINDR_CLASSES
+from btcxr.engine.io import write_csv
 from btcxr.errors import BtcxrError
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def load_or_make_split(cache: str | Path, name: str, image_ids: Iterable[str],
         log.info("reusing the split saved in %s", path)
         return saved
     frame = make()
-    write_csv_atomic(frame[["image_id", "split"]], path)
+    write_csv(path, frame[["image_id", "split"]])
     log.info("saved the split in %s", path)
     return frame[["image_id", "split"]]
 
@@ -335,7 +336,7 @@ def label_fraction_ids(cache_or_manifest: str | Path | pd.DataFrame, fraction: f
         order = fraction_order(part["image_id"].tolist(), labels, seed)
         if saved is not None:
             try:
-                write_csv_atomic(pd.DataFrame({"image_id": order}), saved)
+                write_csv(saved, pd.DataFrame({"image_id": order}))
             except OSError as exc:  # a read-only cache still works, just slower
                 log.debug("cannot save the fraction order in %s: %s", saved, exc)
     if among is not None:

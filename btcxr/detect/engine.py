@@ -21,9 +21,11 @@ from tqdm import tqdm
 from btcxr.detect.predictions import PREDICTION_COLUMNS, check_predictions
 from btcxr.detect.transforms import to_original_frame
 from btcxr.engine.distributed import DistEnv, mean_over_ranks
+from btcxr.engine.loop import backward_step, set_learning_rates
+from btcxr.engine.progress import Progress
 from btcxr.engine.run import RunDir
 from btcxr.engine.runlog import MetricsLog
-from btcxr.engine.runtime import autocast
+from btcxr.engine.runtime import autocast, grad_scaler
 from btcxr.engine.schedule import warmup_cosine
 from btcxr.logs import progress_disabled
 
@@ -61,60 +63,41 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
     """Train for one pass over `loader`, setting the learning rate of every step from `lr_values[step]`.
 
     Returns (next global step, mean of each loss and the throughput over the epoch, averaged over ranks).
-    `max_steps` cuts the epoch short (benchmarks).
+    Metrics rows every `log_every` steps and at the run's last step (`len(lr_values)`); `scaler`: the run's
+    loss scaler (none: a disabled one); `max_steps` cuts the epoch short (benchmarks).
     """
     model.train()
     env = run.env
     device = env.device
+    scaler = scaler if scaler is not None else grad_scaler(device, "none")
     sums = dict.fromkeys(("loss", *LOSS_KEYS), 0.0)
     n_iter, n_images = 0, 0
-    start = window_start = time.perf_counter()
-    window_images = 0
-    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
-               disable=progress_disabled() or not env.is_main)
-    for images, targets in bar:
-        lr = float(lr_values[min(step, len(lr_values) - 1)])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images = [img.to(device, non_blocking=True) for img in images]
-        tgts = model_targets(images, targets, device)
-        with autocast(device, amp):
-            loss_dict = model(images, tgts)
-        loss = sum(loss_dict.values())
-        run.check_finite(loss, step, epoch, f"Loss terms: { {k: round(float(v.detach()), 4) for k, v in loss_dict.items()} }; "
-                         "lower optim.lr, use amp=none or check the boxes of the cache.")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            if clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
+    start = time.perf_counter()
+    length = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    with Progress(env, metrics, log_every=log_every, last=len(lr_values), start=step, length=length,
+                  desc=f"epoch {epoch + 1}", leave=False, rate="images_per_s") as progress:
+        for images, targets in loader:
+            lr = float(lr_values[min(step, len(lr_values) - 1)])
+            set_learning_rates(optimizer, [lr] * len(optimizer.param_groups))
+            images = [img.to(device, non_blocking=True) for img in images]
+            tgts = model_targets(images, targets, device)
+            with autocast(device, amp):
+                loss_dict = model(images, tgts)
+            loss = sum(loss_dict.values())
+            run.check_finite(loss, step, epoch, f"Loss terms: { {k: round(float(v.detach()), 4) for k, v in loss_dict.items()} }; "
+                             "lower optim.lr, use amp=none or check the boxes of the cache.")
+            backward_step(loss, optimizer, scaler, clip=clip_grad)
 
-        values = {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in loss_dict.items()}
-        for key in sums:
-            sums[key] += values.get(key, 0.0)
-        n_iter += 1
-        n_images += len(images)
-        window_images += len(images)
-        step += 1
-        bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
-        if step % log_every == 0:
-            now = time.perf_counter()
-            ips = window_images * env.world_size / max(now - window_start, 1e-9)
-            window_start, window_images = now, 0
-            logged = {k: mean_over_ranks(v, env) for k, v in values.items()}
-            if metrics is not None:
-                metrics.log(step, "train", epoch=epoch + 1, lr=lr, images_per_s=ips, **logged)
-        if max_steps is not None and n_iter >= max_steps:
-            break
+            values = {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in loss_dict.items()}
+            for key in sums:
+                sums[key] += values.get(key, 0.0)
+            n_iter += 1
+            n_images += len(images)
+            step += 1
+            if progress.update(step, items=len(images) * env.world_size):
+                progress.row(step, epoch=epoch + 1, lr=lr, **values, mean=tuple(values))
+            if max_steps is not None and n_iter >= max_steps:
+                break
     elapsed = time.perf_counter() - start
     means = {k: mean_over_ranks(v / max(n_iter, 1), env) for k, v in sums.items()}
     means["images_per_s"] = n_images * env.world_size / max(elapsed, 1e-9)

@@ -39,8 +39,10 @@ from btcxr.detect.transforms import eval_transform, train_transform
 from btcxr.engine.checkpoint import save_checkpoint
 from btcxr.engine.distributed import DistEnv, distributed_session
 from btcxr.engine.io import write_json
+from btcxr.engine.loop import wrap_ddp
 from btcxr.engine.run import RunDir
 from btcxr.engine.runtime import grad_scaler, seed_everything
+from btcxr.engine.syncbn import convert_sync_batchnorm
 from btcxr.errors import BtcxrError
 
 log = logging.getLogger(__name__)
@@ -105,14 +107,12 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, env: DistEnv) -> Pat
                  cfg.optim.batch_size)
 
     # --- model, optimizer, schedule
-    model = build_detector(cfg.model).to(env.device)
-    if env.distributed and cfg.model.norm == "bn" and env.device.type == "cuda":
-        # Batch statistics over the global batch (SyncBatchNorm needs CUDA; CPU DDP keeps per-rank BN).
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    core = model
+    core = build_detector(cfg.model).to(env.device)
     if env.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        # Batch statistics over the global batch (norm: bn), on GPUs and on CPUs (gloo) alike; the frozen
+        # norms (FrozenBatchNorm2d, FrozenStatsBatchNorm2d) are no _BatchNorm and stay as they are.
+        core = convert_sync_batchnorm(core, env.device)
+    model = wrap_ddp(core, env)
     params = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)

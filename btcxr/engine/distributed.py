@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -85,3 +86,16 @@ def mean_over_ranks(value: float, env: DistEnv) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=env.device)
     dist.all_reduce(t)
     return float(t.item()) / env.world_size
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the ranks whose backward sums the gradients over the ranks too.
+
+    torch.distributed.nn.functional.all_reduce does this in every torch this package supports (>= 2.1);
+    recent releases flag it as deprecated in favour of _functional_collectives, whose all_reduce has a
+    backward only in recent releases."""
+    from torch.distributed.nn.functional import all_reduce
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return all_reduce(x)

@@ -46,7 +46,7 @@ CONFIG = "config.yaml"
 # lies and how it is loaded, logging, compilation, and where the ImageNet weights file sits. One list for
 # every stage.
 RESUME_FREE_KEYS = frozenset({
-    "data.cache", "data.workers", "data.num_workers", "data.pin_memory", "data.persistent_workers",
+    "data.cache", "data.workers", "data.pin_memory", "data.persistent_workers",
     "data.prefetch_factor", "log_every", "tensorboard", "compile", "device", "model.weights_file",
 })
 
@@ -101,8 +101,12 @@ class RunDir:
         for name, obj in objects.items():
             if obj is None:
                 continue
+            if isinstance(obj, torch.amp.GradScaler) and not self.state.get(name):
+                # none saved (a disabled scaler on the CPU or with bf16, or a probe run of before the probe had
+                # one): an fp16 resume on a GPU starts at the default scale
+                continue
             if name not in self.state:
-                raise BtcxrError(f"{self.checkpoint} holds no {name} state (written by an older version?)")
+                raise BtcxrError(f"{self.checkpoint} holds no {name} state")
             obj.load_state_dict(self.state[name])
         rngs = self.state["rng"]
         rngs = [rngs] if isinstance(rngs, dict) else rngs  # one dict: written by a single-process version

@@ -66,7 +66,7 @@ def read_metrics(run_dir: str | Path, phase: str | None = None) -> list[dict[str
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise BtcxrError(f"{path}, line {number}: not a JSON object ({exc.msg})") from exc
+            raise BtcxrError(f"{path}, line {number}: not valid JSON ({exc.msg})") from exc
     return [r for r in rows if phase is None or r.get("phase") == phase]
 
 

@@ -41,7 +41,9 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 
 
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
-    """A loss scaler that is only active for fp16 on CUDA (bf16 and fp32 need none)."""
+    """A loss scaler that is only active for fp16 on CUDA (bf16 and fp32 need none). Elsewhere, the CPU
+    included, it is disabled: `scale` returns the loss and `step` calls `optimizer.step()` unchanged, so a
+    loop steps through it always (`btcxr.engine.loop.backward_step`)."""
     return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and amp == "fp16")
 
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from btcxr.pretrain.barlow_twins.loss import all_reduce_sum
+from btcxr.engine.distributed import all_reduce_sum
 
 
 class CpuSyncBatchNorm(_BatchNorm):
@@ -47,7 +47,9 @@ class CpuSyncBatchNorm(_BatchNorm):
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Every BatchNorm of `module` (backbone, projector, final BN) -> a synchronised one for `device`."""
+    """Every BatchNorm (`_BatchNorm`) of `module` -> a synchronised one for `device`: what each stage's model
+    goes through under DDP. Frozen norms (torchvision's FrozenBatchNorm2d, the detector's
+    FrozenStatsBatchNorm2d) are no `_BatchNorm` and stay as they are."""
     if device.type != "cpu":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     out = module

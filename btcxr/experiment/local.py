@@ -11,10 +11,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from btcxr.engine.io import ensure_dir
+from btcxr.experiment.grids import grid_runs
+from btcxr.experiment.markers import Role, stage_lock
+from btcxr.experiment.report_stage import write_report
 from btcxr.experiment.spec import shard
-from btcxr.experiment.stages import _stage_lock, grid_runs, open_context, run_upstream, write_report
+from btcxr.experiment.stages import make_plan, run_upstream
 
 log = logging.getLogger(__name__)
+
+LOCAL = Role(lock=True)  # every upstream stage, shards taking turns through file locks
 
 
 def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (), out: str | Path | None = None,
@@ -27,12 +33,13 @@ def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     Returns the report's index.html, or None while runs of other shards are still missing.
     """
     shard([], shard_index, shard_count)   # a bad shard is refused before any stage starts
-    ctx = open_context(exp_path, overrides, out, workers=workers)
-    run_upstream(ctx)
-    for _, run in shard(list(grid_runs(ctx).items()), shard_index, shard_count):
+    plan = make_plan(exp_path, overrides, out, workers=workers)
+    ensure_dir(plan.out, "experiment folder")
+    run_upstream(plan, LOCAL)
+    for _, run in shard(list(grid_runs(plan).items()), shard_index, shard_count):
         run()
-    with _stage_lock(ctx, "report"):
-        index = write_report(ctx)
+    with stage_lock(plan.out, "report", LOCAL):
+        index = write_report(plan)
     if index is None and shard_count > 1:
         log.warning("the report is written by the last shard to finish (or rerun this command with any shard)")
     return index

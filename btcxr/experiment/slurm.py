@@ -7,12 +7,15 @@ One job per shared stage and one array task per run, chained by SLURM dependenci
     localisation, results.csv and the report, on one GPU)
 
 The launcher alone decides what runs where, so no job takes a file lock (flock is not to be trusted on the
-NFS and Lustre filesystems clusters share). It plans on the login node with the same stage code the jobs run
-(a Context that only plans: nothing is computed), submits only what is not finished, and records every job
-in OUT/slurm/jobs.json, the logs in OUT/slurm/logs/. Run it again at any time: a finished run is skipped, a
-queued or running job is left alone (never submitted twice), a failed, cancelled, timed-out or pre-empted one
-is submitted again. A job that SLURM signals before its time limit or pre-empts checkpoints and requeues
-itself (submitit's checkpointing; the run resumes from its last.pt, so it ends as an uninterrupted run).
+NFS and Lustre filesystems clusters share). It computes the experiment's plan once on the login node
+(btcxr.experiment.stages.make_plan: nothing is trained), reads from the done markers what is finished,
+submits only what is not, and records every job in OUT/slurm/jobs.json, the logs in OUT/slurm/logs/. Every
+job gets that plan (submitit pickles it with the job): no job reads the experiment file or checks the
+ImageNet weights again. Run it again at any time: a finished run is skipped, a queued or running job is left
+alone (never submitted twice; but a queued one planned for work the experiment file changed since is
+replaced), a failed, cancelled, timed-out or pre-empted one is submitted again. A job that SLURM signals
+before its time limit or pre-empts checkpoints and requeues itself (submitit's checkpointing; the run
+resumes from its last.pt, so it ends as an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -27,9 +30,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from btcxr.config import config_to_dict, save_config
 from btcxr.engine.io import ensure_dir, write_json
 from btcxr.errors import BtcxrError
-from btcxr.experiment import stages as st
+from btcxr.experiment.data_stage import prepare_data
+from btcxr.experiment.grids import curve_runs, finished_runs, grid_runs, run_grid_run
+from btcxr.experiment.markers import Role
+from btcxr.experiment.plan import Plan
+from btcxr.experiment.report_stage import mark_report_done, report_done, write_report
+from btcxr.experiment.spec import fingerprint
+from btcxr.experiment.stages import EXPERIMENT, make_plan, run_upstream, upstream_pending
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +86,22 @@ def minutes(text: str) -> int:
 
 
 # -------------------------------------------------------------------------------------------- jobs
+# The upstream stages each job may run (no file locks: each stage has exactly one job); the others it
+# only looks up.
+ROLES = {"prepare": Role(("data",), lock=False), "pretrain": Role(("pretrain",), lock=False),
+         "run": Role((), lock=False), "report": Role((), lock=False)}
+
+
 @dataclass(frozen=True)
 class StageJob:
-    """What one job (or array task) runs: a stage of the experiment, rebuilt from its file in the job.
+    """What one job (or array task) runs: a stage of the experiment, from the launcher's plan.
 
-    submitit pickles this object; `checkpoint` is its pre-emption hook: the same call is requeued, and the
-    stage resumes from what is on disk (finished runs are skipped, an interrupted one resumes from last.pt).
+    submitit pickles this object, plan included; `checkpoint` is its pre-emption hook: the same call (the
+    same plan) is requeued, and the stage resumes from what is on disk (finished runs are skipped, an
+    interrupted one resumes from last.pt).
     """
-    exp_path: str
-    overrides: tuple[str, ...]
-    out: str
+    plan: Plan
     stage: str                    # prepare | pretrain | run | report
-    workers: int | None = None
 
     def __call__(self, run_id: str | None = None) -> str:
         if not logging.getLogger("btcxr").handlers:  # a fresh job process: its log gets what the CLI prints
@@ -95,27 +109,24 @@ class StageJob:
 
             setup_logging()
         _torchrun_environment()
-        may_run = {"prepare": ("data",), "pretrain": ("pretrain",)}.get(self.stage, ())
-        ctx = st.open_context(self.exp_path, self.overrides, self.out, workers=self.workers, stages=may_run,
-                              lock=False)
+        plan, role = self.plan, ROLES[self.stage]
         if self.stage == "prepare":  # (the launcher wrote experiment.yaml)
-            st.prepare_data(ctx)
-            st.prepare_natural(ctx)
+            prepare_data(plan, role)
             return "prepared"
-        st.run_upstream(ctx)  # the pre-training job runs it; every later job only looks it up
+        run_upstream(plan, role)  # the pre-training job runs it; every later job only looks it up
         if self.stage == "run":
-            runs = st.grid_runs(ctx, curve=False)
+            runs = grid_runs(plan, curve=False)
             if run_id not in runs:
-                raise BtcxrError(f"{run_id} is not a run of {self.exp_path} any more (the experiment changed "
-                                 "after the launch): rerun the launch command")
+                raise BtcxrError(f"{run_id} is not a run of {plan.exp_path} as planned at the launch: rerun "
+                                 "the launch command")
             runs[run_id]()
         elif self.stage == "report":
-            for run in st.curve_grid_runs(ctx).values():  # the probe curve's backbones exist now
-                run()
-            index = st.write_report(ctx)
+            for run in curve_runs(plan):  # the probe curve's backbones exist now
+                run_grid_run(plan, run)
+            index = write_report(plan)
             if index is None:
                 raise BtcxrError("runs of the grid are missing: the report was not written")
-            st.mark_report_done(ctx)
+            mark_report_done(plan)
         return self.stage if run_id is None else run_id
 
     def checkpoint(self, *args: Any) -> Any:
@@ -158,13 +169,17 @@ class Ledger:
     def state(self, unit: str) -> str | None:
         return self.entries.get(unit, {}).get("state")
 
-    def record(self, units: dict[str, str], stage: str, cluster: str) -> None:
+    def planned(self, unit: str) -> str | None:
+        """The fingerprint of the work the unit's job was planned with (None: not recorded)."""
+        return self.entries.get(unit, {}).get("planned")
+
+    def record(self, units: dict[str, str], stage: str, cluster: str, planned: dict[str, str]) -> None:
         """Jobs just submitted (unit -> job id), written at once: a launch that fails after this point
         still knows them next time, so they are not submitted twice."""
         now = dt.datetime.now().isoformat(timespec="seconds")
         for unit, job_id in units.items():
             self.entries[unit] = {"job_id": job_id, "stage": stage, "cluster": cluster, "state": "PENDING",
-                                  "submitted": now}
+                                  "submitted": now, "planned": planned[unit]}
         self.save()
 
     def refresh(self, folder: Path) -> None:
@@ -182,6 +197,16 @@ class Ledger:
 
 def is_active(state: str | None) -> bool:
     return state is not None and state in ACTIVE
+
+
+def planned_work(plan: Plan) -> dict[str, str]:
+    """unit -> fingerprint of the work the plan gives its job. A queued job carries the plan of the launch
+    that submitted it: one whose work the experiment file changed since is replaced before it starts."""
+    units = {"prepare": fingerprint([u.key for u in (*plan.syntheses, *plan.caches)]),
+             "pretrain": fingerprint([p.key for p in plan.pretrainings]),
+             **{r.run_id: r.key for r in plan.runs}}
+    return units | {"report": fingerprint({"experiment": config_to_dict(plan.exp),
+                                           "runs": [r.key for r in plan.runs]})}
 
 
 # ---------------------------------------------------------------------------------------- launcher
@@ -248,40 +273,47 @@ def launch(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (), ou
     if cluster == "slurm" and shutil.which("srun") is None:  # before anything is read or written
         raise BtcxrError("--launcher slurm: srun is not on PATH; run the command on a SLURM login node")
     settings = settings or SlurmSettings()
-    exp_path = Path(exp_path).resolve()
-    ctx = st.open_context(exp_path, overrides, out, workers=workers, stages=(), lock=False, planning=True)
-    st.save_config(ctx.exp, ctx.out / "experiment.yaml")
-    st.run_upstream(ctx)  # plans only: the stages with work left land in ctx.pending
-    folder = ensure_dir(ctx.out / "slurm" / "logs", "SLURM log folder")
+    # Computed once, here: every job gets this plan (paths made absolute: jobs start on other nodes).
+    plan = make_plan(Path(exp_path).resolve(), overrides, out, workers=workers, absolute=True)
+    ensure_dir(plan.out, "experiment folder")
+    save_config(plan.exp, plan.out / EXPERIMENT)
+    pending = upstream_pending(plan)  # the upstream stages with work left
+    folder = ensure_dir(plan.out / "slurm" / "logs", "SLURM log folder")
     submitter = Submitter(cluster, folder, settings)
-    ledger = Ledger(ctx.out / "slurm" / "jobs.json")
+    ledger = Ledger(plan.out / "slurm" / "jobs.json")
     ledger.refresh(folder)
-    make = partial(StageJob, str(exp_path), tuple(overrides), str(ctx.out.resolve()), workers=workers)
+    make = partial(StageJob, plan)
+    planned = planned_work(plan)
     submitted: dict[str, str] = {}
+
+    def replanned(unit: str) -> bool:
+        """A queued job that has not started, planned by an earlier launch for other work: it is replaced
+        (a job reads its plan, not the experiment file, so it would run the old settings)."""
+        return ledger.state(unit) == "PENDING" and ledger.planned(unit) not in (None, planned[unit])
 
     def place(unit: str, needed: bool, after: list[str], upstream_new: bool) -> list[str]:
         """The job ids that stand for `unit` from now on: kept, newly submitted, or none."""
         if not needed:
             return []
         if is_active(ledger.state(unit)):
-            if not upstream_new:
+            if not upstream_new and not replanned(unit):
                 log.info("%s: job %s is %s, left alone", unit, ledger.job_id(unit), ledger.state(unit))
                 return [ledger.job_id(unit)]
-            # its dependency was a failed job that is being replaced: replace this one too
+            # its dependency was a failed job that is being replaced, or its work changed: replace it too
             submitter.cancel(ledger.job_id(unit))
         (job_id,) = submitter.submit(make(unit), after)
-        ledger.record({unit: job_id}, unit, cluster)
+        ledger.record({unit: job_id}, unit, cluster, planned)
         submitted[unit] = job_id
         return [job_id]
 
-    after = place("prepare", "data" in ctx.pending, [], False)
+    after = place("prepare", "data" in pending, [], False)
     new = "prepare" in submitted
-    after = place("pretrain", "pretrain" in ctx.pending, after, new) or after
+    after = place("pretrain", "pretrain" in pending, after, new) or after
     new = new or "pretrain" in submitted
 
-    finished = st.finished_runs(ctx)
-    left = [r for r in st.grid_runs(ctx, curve=False) if r not in finished]
-    kept = [r for r in left if is_active(ledger.state(r)) and not new]
+    finished = finished_runs(plan)
+    left = [r.run_id for r in plan.runs if r.run_id not in finished]
+    kept = [r for r in left if is_active(ledger.state(r)) and not new and not replanned(r)]
     for r in left:
         if r not in kept and is_active(ledger.state(r)):
             submitter.cancel(ledger.job_id(r))
@@ -289,11 +321,11 @@ def launch(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (), ou
     run_jobs = [ledger.job_id(r) for r in kept]
     if to_submit:
         ids = dict(zip(to_submit, submitter.submit(make("run"), after, run_ids=to_submit)))
-        ledger.record(ids, "run", cluster)
+        ledger.record(ids, "run", cluster, planned)
         submitted |= ids
         run_jobs += ids.values()
     new = new or bool(to_submit)
-    report_needed = new or bool(kept) or bool(ctx.pending) or not st.report_done(ctx)
+    report_needed = new or bool(kept) or bool(pending) or not report_done(plan)
     place("report", report_needed, (run_jobs or after), new)
     ledger.save()  # the states refreshed above
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from btcxr.config import load_config
 from btcxr.errors import BtcxrError
@@ -130,6 +131,8 @@ RULES = {"paper": [], "all": ["model.trainable_layers=5", "model.norm=bn"]}
 
 @dataclass(frozen=True)
 class DetectionRun:
+    """A Faster R-CNN fine-tuning run of the grid."""
+    kind: ClassVar[str] = "detection"
     init: str
     size: int
     fraction: float
@@ -145,6 +148,39 @@ class DetectionRun:
     def label(self) -> str:
         """How the report names the arm: the init, plus the rule when it is not the paper's."""
         return self.init if self.rule == "paper" else f"{self.init} ({self.rule} layers)"
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """An NIH probe run of the grid."""
+    kind: ClassVar[str] = "probe"
+    init: str
+    fraction: float
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        return f"probe_{self.init}_f{self.fraction:g}_seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class CurveRun:
+    """A run of the probe curve: the frozen probe of an intermediate backbone (backbone_step<k>.pth)."""
+    kind: ClassVar[str] = "probe_curve"
+    init: str
+    step: int
+    backbone: Path
+
+    @property
+    def run_id(self) -> str:
+        return f"curve_{self.init}_step{self.step}"
+
+
+def probe_grid(exp: Experiment) -> list[ProbeRun]:
+    """Every fraction x seed x init of the probe (none when it is disabled)."""
+    if not exp.probe.enabled:
+        return []
+    return [ProbeRun(init, f, s) for f in exp.probe.fractions for s in exp.seeds for init in exp.inits]
 
 
 def detection_grid(exp: Experiment) -> list[DetectionRun]:

@@ -116,8 +116,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
 class BatchedViews:
     """uint8 batch (B, 1, H, W) on the device -> two float views (B, 1, size, size) in [0, 1]."""
 
-    def __init__(self, cfg: ViewsConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: ViewsConfig, size: int):
+        self.cfg, self.size = cfg, size
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
@@ -127,7 +127,7 @@ class BatchedViews:
     def _paper(self, x: torch.Tensor, view: int, gen: torch.Generator) -> torch.Tensor:
         n, dev = x.shape[0], x.device
         boxes = sample_crops(n, x.shape[2], x.shape[3], (0.08, 1.0), (3 / 4, 4 / 3), gen, dev)
-        y = affine_crop(x, boxes, self.cfg.size, flip=_coin(n, 0.5, gen, dev), mode="bicubic")
+        y = affine_crop(x, boxes, self.size, flip=_coin(n, 0.5, gen, dev), mode="bicubic")
         y = self._jitter(y, 0.8, 0.4, 0.4, gen)
         sigma = _uniform(n, *PAPER_BLUR_SIGMA, gen, dev)
         sigma = torch.where(_coin(n, PAPER_BLUR_P[view - 1], gen, dev), sigma, torch.zeros_like(sigma))
@@ -138,7 +138,7 @@ class BatchedViews:
         rc, n, dev = self.cfg.radiograph, x.shape[0], x.device
         boxes = sample_crops(n, x.shape[2], x.shape[3], tuple(rc.crop_scale), tuple(rc.crop_ratio), gen, dev)
         angle = _uniform(n, -rc.rotation_deg, rc.rotation_deg, gen, dev)
-        y = affine_crop(x, boxes, self.cfg.size, flip=_coin(n, rc.flip_p, gen, dev), angle_deg=angle,
+        y = affine_crop(x, boxes, self.size, flip=_coin(n, rc.flip_p, gen, dev), angle_deg=angle,
                         mode="bicubic", padding_mode="zeros")
         y = self._jitter(y, rc.jitter_p, rc.brightness, rc.contrast, gen)
         g = torch.exp(_uniform(n, math.log(rc.gamma[0]), math.log(rc.gamma[1]), gen, dev))

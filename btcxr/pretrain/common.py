@@ -33,9 +33,9 @@ def optimizer_and_scaler(cfg: PretrainConfig, model: nn.Module, env: DistEnv) ->
 def lr_schedules(cfg: PretrainConfig, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-step learning rates of the weight and bias groups: peak = lr x batch/256, linear warm-up from 0,
     cosine to final_lr_ratio x peak, reached one step after the last as in the Barlow Twins script."""
-    o, total = cfg.optim, cfg.epochs * steps_per_epoch
+    o, total = cfg.optim, cfg.optim.epochs * steps_per_epoch
     warmup = round(o.warmup_epochs * steps_per_epoch)
-    scale = cfg.batch_size / 256
+    scale = cfg.optim.batch_size / 256
     w, b = (warmup_cosine(lr * scale, total, warmup, o.final_lr_ratio * lr * scale, final_after_last=True)
             for lr in (o.lr_weights, o.lr_biases))
     return w, b

@@ -28,16 +28,21 @@ class ModelConfig:
     weights_file: str | None = None  # ImageNet weights on an offline machine (CLI --init-weights)
     imagenet_weights: str | None = None  # torchvision enum member; default IMAGENET1K_V2 for resnet50
     projector: list[int] = field(default_factory=lambda: [8192, 8192, 8192])
+    size: int = 224  # the input size: side of the square views
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.size <= 0:
+            raise ValueError(f"model.size must be positive, got {self.size}")
         if not self.projector or any(int(w) <= 0 for w in self.projector):
             raise ValueError(f"model.projector must list positive widths, got {self.projector!r}")
 
 
 @dataclass
 class OptimConfig:
+    epochs: int = 800
+    batch_size: int = 768  # global: split evenly over the ranks
     # Learning rates per 256 images; the run uses lr x batch_size / 256 (Barlow Twins recipe).
     lr_weights: float = 0.2
     lr_biases: float = 0.0048
@@ -46,6 +51,10 @@ class OptimConfig:
     eta: float = 0.001  # LARS trust coefficient
     warmup_epochs: float = 10.0
     final_lr_ratio: float = 0.001  # cosine ends at this fraction of the peak
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise ValueError("optim.epochs and optim.batch_size must be positive")
 
 
 @dataclass
@@ -70,9 +79,8 @@ class RadiographViewsConfig:
 @dataclass
 class ViewsConfig:
     policy: str = "paper"  # paper | radiograph
-    size: int = 224
     # Run the augmentations batched on the training device; the loader then only resizes and centre-crops
-    # every image to `load_size` (default: size) and ships uint8 tensors.
+    # every image to `load_size` (default: model.size) and ships uint8 tensors.
     on_gpu: bool = False
     load_size: int | None = None
     radiograph: RadiographViewsConfig = field(default_factory=RadiographViewsConfig)
@@ -80,8 +88,6 @@ class ViewsConfig:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"views.policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if self.size <= 0:
-            raise ValueError(f"views.size must be positive, got {self.size}")
 
 
 @dataclass
@@ -91,7 +97,7 @@ class DataConfig:
     # val): the NIH official test list stays out (the paper used all 112,120 images, which leaked into its
     # classification test).
     splits: list[str] | None = None
-    num_workers: int = 8
+    workers: int = 8
     pin_memory: bool = True
     persistent_workers: bool = True
     prefetch_factor: int = 4
@@ -107,8 +113,6 @@ class PretrainConfig:
     tensorboard: bool = True
     name: str = "pretrain"
     method: str = "barlow_twins"  # barlow_twins | supervised (projector and lambd unused)
-    epochs: int = 800
-    batch_size: int = 768  # global: split evenly over the ranks
     lambd: float = 0.0051  # weight of the off-diagonal terms
     channels_last: bool = True
     compile: bool = False
@@ -122,14 +126,16 @@ class PretrainConfig:
     corr_every_steps: int = 1000  # cross-correlation heatmap PNG; 0: only at the end
     collapse_std_threshold: float = 0.05  # warn when the normalised embedding spread drops below this
 
-    # Keys of older versions -> (where they live now, value conversion).
-    MOVED: ClassVar[dict] = {"log_every_steps": ("log_every", None)}
+    # Keys of older versions -> (where they live now, value conversion): run folders and configs written
+    # before the one config vocabulary of every stage (optim.epochs, optim.batch_size, data.workers,
+    # model.size) keep loading, with a warning naming the new key.
+    MOVED: ClassVar[dict] = {"log_every_steps": ("log_every", None), "epochs": ("optim.epochs", None),
+                             "batch_size": ("optim.batch_size", None), "data.num_workers": ("data.workers", None),
+                             "views.size": ("model.size", None)}
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if self.epochs <= 0 or self.batch_size <= 0:
-            raise ValueError("epochs and batch_size must be positive")
         if self.log_every < 1:
             raise ValueError(f"log_every must be at least 1, got {self.log_every}")
         if self.method not in METHODS:
@@ -140,7 +146,7 @@ class PretrainConfig:
 
 def check_world(cfg: PretrainConfig, world_size: int) -> int:
     """Per-rank batch size; the global batch must split evenly over the ranks."""
-    if cfg.batch_size % world_size:
-        raise BtcxrError(f"batch_size {cfg.batch_size} does not split over {world_size} ranks; "
+    if cfg.optim.batch_size % world_size:
+        raise BtcxrError(f"optim.batch_size {cfg.optim.batch_size} does not split over {world_size} ranks; "
                          f"use a multiple of {world_size}")
-    return cfg.batch_size // world_size
+    return cfg.optim.batch_size // world_size

@@ -79,7 +79,7 @@ def build_loader(cfg: PretrainConfig, env: DistEnv, transform: Callable, per_ran
         raise BtcxrError(f"data.cache {cfg.data.cache}: {n} images (splits {cfg.data.splits}) make no full "
                          f"batch of {per_rank_batch} per rank over {env.world_size} rank(s); lower "
                          "batch_size")
-    workers = cfg.data.num_workers
+    workers = cfg.data.workers
     return DataLoader(
         SeededViews(images, transform, cfg.seed),
         batch_size=per_rank_batch,

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from btcxr.backbones import FEATURE_DIM, build_resnet
 from btcxr.classify.model import ProbeModel
 from btcxr.data.datasets import LabelledImages
-from btcxr.engine.distributed import DistEnv, mean_over_ranks
+from btcxr.engine.distributed import DistEnv
+from btcxr.engine.loop import backward_step, set_learning_rates, wrap_ddp
+from btcxr.engine.progress import Progress
 from btcxr.engine.run import RunDir
 from btcxr.engine.runtime import autocast, seed_everything
 from btcxr.engine.syncbn import convert_sync_batchnorm
-from btcxr.logs import progress_disabled
 from btcxr.pretrain.common import (
     checkpoint_when_due,
     lr_schedules,
@@ -45,7 +45,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
     run = RunDir(out, cfg, env, kind=KIND, resume=resume)
     splits = tuple(cfg.data.splits) if cfg.data.splits is not None else None
     images = LabelledImages(cfg.data.cache, splits=splits)
-    loader = build_loader(cfg, env, LabelledView(cfg.views), per_rank, images=images)
+    loader = build_loader(cfg, env, LabelledView(cfg.views, cfg.model.size), per_rank, images=images)
     seed_everything(cfg.seed)  # the same initial weights on every rank
     m = cfg.model
     init = m.init if not run.resumed else "random"  # a checkpoint overwrites the weights anyway
@@ -59,41 +59,34 @@ def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
     steps_per_epoch = len(loader)
     lr_w, lr_b = lr_schedules(cfg, steps_per_epoch)
     step = restore(run, steps_per_epoch, model=model, optimizer=optimizer, scaler=scaler)
-    fwd: nn.Module = nn.parallel.DistributedDataParallel(model) if env.distributed else model
-    fwd = torch.compile(fwd) if cfg.compile else fwd
+    fwd = wrap_ddp(model, env, compile=cfg.compile)
     criterion = nn.BCEWithLogitsLoss()
-    metrics = run.open_metrics()
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.optim.epochs * steps_per_epoch
+    progress = Progress(env, run.open_metrics(), log_every=cfg.log_every, last=total, start=step,
+                        desc=f"pretrain {cfg.name} (supervised)")
     log.info("supervised pre-training %s: %d steps of %d labelled images (%d an epoch), from step %d", cfg.name,
-             total, cfg.batch_size, steps_per_epoch, step)
-    bar = tqdm(total=total, initial=step, unit="step", desc=f"pretrain {cfg.name} (supervised)",
-               disable=progress_disabled() or not env.is_main)
+             total, cfg.optim.batch_size, steps_per_epoch, step)
     if step == 0 and 0 in cfg.backbone_steps:
         save_backbone(run, model.backbone, "backbone_step0.pth")  # the curve's first point: the init
     model.train()
     try:
-        for epoch in range(step // steps_per_epoch, cfg.epochs):
+        for epoch in range(step // steps_per_epoch, cfg.optim.epochs):
             loader.sampler.set_epoch(epoch, skip=(step - epoch * steps_per_epoch) * per_rank)
             for x, y in loader:
                 x = x.to(env.device, non_blocking=True)  # gray in [0, 1]: ProbeModel normalises it
                 y = y.to(env.device, non_blocking=True)
-                for group, lr in zip(optimizer.param_groups, (lr_w[step], lr_b[step])):
-                    group["lr"] = float(lr)
+                set_learning_rates(optimizer, (lr_w[step], lr_b[step]))
                 with autocast(env.device, cfg.amp):
                     logits = fwd(x)
                 loss = criterion(logits.float(), y)
                 run.check_finite(loss, step, epoch, "Lower optim.lr_weights or check the labels.")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                backward_step(loss, optimizer, scaler)
                 step += 1
-                bar.update()
-                if metrics is not None and (step % cfg.log_every == 0 or step == total):
-                    metrics.log(step, "train", epoch=epoch + 1, loss=mean_over_ranks(loss.item(), env),
-                                lr_weights=lr_w[step - 1], lr_biases=lr_b[step - 1])
+                if progress.update(step):  # the loss of this rank's share, averaged over the ranks
+                    progress.row(step, epoch=epoch + 1, loss=loss, lr_weights=lr_w[step - 1],
+                                 lr_biases=lr_b[step - 1], mean=("loss",))
                 checkpoint_when_due(run, cfg, step, steps_per_epoch, model, optimizer, scaler)
     finally:
-        bar.close()
+        progress.close()
         run.close()
     return save_backbone(run, model.backbone)

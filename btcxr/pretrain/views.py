@@ -99,12 +99,12 @@ def as_uint8(image: torch.Tensor) -> torch.Tensor:
 class TwoViews:
     """image (1, H, W) uint8/uint16 -> (view 1, view 2), each (1, size, size) uint8."""
 
-    def __init__(self, cfg: ViewsConfig):
+    def __init__(self, cfg: ViewsConfig, size: int):
         self.three_channel = cfg.policy == "paper"  # as the paper: RGB copies through the whole pipeline
         if cfg.policy == "paper":
-            self.views = (paper_view(cfg.size, 1), paper_view(cfg.size, 2))
+            self.views = (paper_view(size, 1), paper_view(size, 2))
         else:
-            self.views = tuple(radiograph_view(cfg.size, v, cfg.radiograph) for v in (1, 2))
+            self.views = tuple(radiograph_view(size, v, cfg.radiograph) for v in (1, 2))
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.view(image, 0), self.view(image, 1)
@@ -120,8 +120,8 @@ class TwoViews:
 class LabelledView:
     """(image, target) -> (view 1 of the image, target): the input of supervised pre-training."""
 
-    def __init__(self, cfg: ViewsConfig):
-        self.views = TwoViews(cfg)
+    def __init__(self, cfg: ViewsConfig, size: int):
+        self.views = TwoViews(cfg, size)
 
     def __call__(self, item: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         image, target = item
@@ -139,8 +139,9 @@ class FixedSize:
         return F.center_crop(x, [self.size, self.size])
 
 
-def loader_transform(cfg: ViewsConfig) -> TwoViews | FixedSize:
-    return FixedSize(cfg.load_size or cfg.size) if cfg.on_gpu else TwoViews(cfg)
+def loader_transform(cfg: ViewsConfig, size: int) -> TwoViews | FixedSize:
+    """What the loader does to each image: both views of size x size px, or (views.on_gpu) one fixed crop."""
+    return FixedSize(cfg.load_size or size) if cfg.on_gpu else TwoViews(cfg, size)
 
 
 def model_input(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:

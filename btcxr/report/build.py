@@ -7,7 +7,6 @@ partial experiment still gives a readable report.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,6 +18,7 @@ import pandas as pd
 
 from btcxr.data.classes import NIH_LABELS, VINDR_CLASSES
 from btcxr.engine.io import ensure_dir, write_bytes, write_text
+from btcxr.engine.runlog import METRICS, read_metrics
 from btcxr.errors import BtcxrError
 from btcxr.report import html as H
 from btcxr.report.figures import (
@@ -372,18 +372,13 @@ def _resolve_run_dir(run_dir: str, out_dir: Path) -> Path:
 
 def read_curve(run: pd.Series, out_dir: Path) -> Curve | None:
     """Per-epoch train loss and validation AP50 of one detection run, or None without metrics.jsonl."""
-    path = _resolve_run_dir(run.get("run_dir", ""), out_dir) / "metrics.jsonl"
-    if not path.is_file():
+    run_dir = _resolve_run_dir(run.get("run_dir", ""), out_dir)
+    if not (run_dir / METRICS).is_file():
         return None
     curve = Curve(init=str(run["init"]), fraction=float(run["fraction"]), seed=int(run["seed"]))
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BtcxrError(f"{path}, line {n}: not valid JSON ({exc.msg})") from exc
-        if row.get("phase") != "epoch" or "epoch" not in row:
+    # read_metrics: complete lines only, so a run killed mid-write (a torn last line) still plots
+    for row in read_metrics(run_dir, "epoch"):
+        if "epoch" not in row:
             continue
         if row.get("loss") is not None:
             curve.epochs.append(int(row["epoch"]))

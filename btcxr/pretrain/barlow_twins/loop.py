@@ -7,7 +7,6 @@ Run directory: config.yaml, metrics.jsonl, tb/, corr_<step>.png, last.pt (every 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -18,11 +17,12 @@ import torch
 from torch import nn
 
 from btcxr.backbones import FEATURE_DIM, build_resnet
-from btcxr.engine.distributed import DistEnv, mean_over_ranks
+from btcxr.engine.distributed import DistEnv
+from btcxr.engine.loop import backward_step, set_learning_rates, wrap_ddp
+from btcxr.engine.progress import Progress
 from btcxr.engine.run import RunDir
 from btcxr.engine.runtime import autocast, seed_everything
 from btcxr.engine.syncbn import convert_sync_batchnorm
-from btcxr.logs import progress_disabled
 from btcxr.pretrain.barlow_twins.heatmap import save_corr_heatmap
 from btcxr.pretrain.barlow_twins.loss import LossTerms, barlow_twins_loss
 from btcxr.pretrain.barlow_twins.model import BarlowTwins, Embeddings, embedding_spread
@@ -48,7 +48,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
     """Barlow Twins into the run folder `out`; returns the path of backbone.pth."""
     per_rank = check_world(cfg, env.world_size)
     run = RunDir(out, cfg, env, kind=KIND, resume=resume)
-    loader = build_loader(cfg, env, loader_transform(cfg.views), per_rank)  # data problems surface first
+    loader = build_loader(cfg, env, loader_transform(cfg.views, cfg.model.size), per_rank)  # data problems surface first
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, fresh=not run.resumed).to(env.device)
     if env.distributed:
@@ -57,32 +57,37 @@ def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
         model = model.to(memory_format=torch.channels_last)
     optimizer, scaler = optimizer_and_scaler(cfg, model, env)
     steps_per_epoch = len(loader)
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.optim.epochs * steps_per_epoch
     lr_w, lr_b = lr_schedules(cfg, steps_per_epoch)
     step = restore(run, steps_per_epoch, model=model, optimizer=optimizer, scaler=scaler)
-    fwd: nn.Module = nn.parallel.DistributedDataParallel(model) if env.distributed else model
-    fwd = torch.compile(fwd) if cfg.compile else fwd
-    batched = BatchedViews(cfg.views) if cfg.views.on_gpu else None
+    fwd = wrap_ddp(model, env, compile=cfg.compile)
+    batched = BatchedViews(cfg.views, cfg.model.size) if cfg.views.on_gpu else None
     if env.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     log.info("pre-training %s: %d steps of %d images (%d an epoch) on %d rank(s), from step %d", cfg.name,
-             total, cfg.batch_size, steps_per_epoch, env.world_size, step)
-    monitor = _Monitor(cfg, env, run, step, total)
+             total, cfg.optim.batch_size, steps_per_epoch, env.world_size, step)
+    progress = Progress(env, run.open_metrics(), log_every=cfg.log_every, last=total, start=step,
+                        desc=f"pretrain {cfg.name}", rate="pairs_per_s")
     if step == 0 and 0 in cfg.backbone_steps:
         save_backbone(run, model.backbone, "backbone_step0.pth")  # the curve's first point: the init
     model.train()
     try:
-        for epoch in range(step // steps_per_epoch, cfg.epochs):
+        for epoch in range(step // steps_per_epoch, cfg.optim.epochs):
             loader.sampler.set_epoch(epoch, skip=(step - epoch * steps_per_epoch) * per_rank)
             for batch in loader:
                 y1, y2 = _device_views(batch, batched, cfg, env, step)
                 check = partial(run.check_finite, step=step, epoch=epoch, hint=NON_FINITE_HINT)
                 emb, terms = train_step(fwd, optimizer, scaler, y1, y2, (lr_w[step], lr_b[step]), cfg, env, check)
                 step += 1
-                monitor.after_step(step, epoch, emb, terms, terms.loss.item(), optimizer)
+                if progress.update(step, items=cfg.optim.batch_size):
+                    _log_row(progress, step, epoch, emb, terms, optimizer, cfg, env)
+                heatmap = step == total or (cfg.corr_every_steps and step % cfg.corr_every_steps == 0)
+                if env.is_main and heatmap:
+                    save_corr_heatmap(terms.c, run.path / f"corr_{step}.png", step)
                 checkpoint_when_due(run, cfg, step, steps_per_epoch, model, optimizer, scaler)
     finally:
-        monitor.close()
+        progress.close()
+        run.close()
     return save_backbone(run, model.backbone)
 
 
@@ -92,58 +97,28 @@ def train_step(fwd: nn.Module, optimizer: LARS, scaler: torch.amp.GradScaler, y1
     """One optimizer step of the loop: the two groups' learning rates (weights, biases), both views embedded
     (under autocast), the loss over the global batch (c summed over the ranks), `check(loss)` (the loop
     stops there on a non-finite loss), backward and the LARS step."""
-    for group, lr in zip(optimizer.param_groups, lrs):
-        group["lr"] = float(lr)
+    set_learning_rates(optimizer, lrs)
     with autocast(env.device, cfg.amp):
         emb = fwd(y1, y2)
-    terms = barlow_twins_loss(emb.n1, emb.n2, cfg.lambd, cfg.batch_size, reduce=env.distributed)
+    terms = barlow_twins_loss(emb.n1, emb.n2, cfg.lambd, cfg.optim.batch_size, reduce=env.distributed)
     if check is not None:
         check(terms.loss)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(terms.loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+    backward_step(terms.loss, optimizer, scaler)
     return emb, terms
 
 
-class _Monitor:
-    """What a run shows: progress bar, metrics log and TensorBoard (main rank), heatmaps, collapse alarm."""
-
-    def __init__(self, cfg: PretrainConfig, env: DistEnv, run: RunDir, step: int, total: int):
-        from tqdm import tqdm
-
-        self.cfg, self.env, self.run, self.total = cfg, env, run, total
-        self.metrics = run.open_metrics()
-        self.bar = tqdm(total=total, initial=step, unit="step", desc=f"pretrain {cfg.name}",
-                        disable=progress_disabled() or not env.is_main)
-        self.t0, self.pairs = time.perf_counter(), 0
-
-    def after_step(self, step: int, epoch: int, emb: Any, terms: Any, loss: float, optimizer: LARS) -> None:
-        cfg = self.cfg
-        self.pairs += cfg.batch_size
-        self.bar.update()
-        if step % cfg.log_every == 0 or step == self.total:
-            spread = mean_over_ranks(float(embedding_spread(emb.z1)), self.env)
-            rate = self.pairs / (time.perf_counter() - self.t0)
-            self.t0, self.pairs = time.perf_counter(), 0
-            if spread < cfg.collapse_std_threshold:
-                log.warning("step %d: embedding spread %.4f < %.4f: the representations may be collapsing",
-                            step, spread, cfg.collapse_std_threshold)
-            self.bar.set_postfix(loss=f"{loss:.1f}", pairs_s=f"{rate:.0f}")
-            if self.metrics is not None:
-                extra = ({"max_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
-                         if self.env.device.type == "cuda" else {})
-                lr_w, lr_b = (g["lr"] for g in optimizer.param_groups)
-                self.metrics.log(step, "train", epoch=epoch + 1, loss=loss, on_diag=terms.on_diag.item(),
-                                 off_diag=terms.off_diag.item(), lr_weights=lr_w, lr_biases=lr_b,
-                                 pairs_per_s=rate, embed_std=spread, **extra)
-        heatmap = step == self.total or (cfg.corr_every_steps and step % cfg.corr_every_steps == 0)
-        if self.env.is_main and heatmap:
-            save_corr_heatmap(terms.c, self.run.path / f"corr_{step}.png", step)
-
-    def close(self) -> None:
-        self.bar.close()
-        self.run.close()
+def _log_row(progress: Progress, step: int, epoch: int, emb: Embeddings, terms: LossTerms, optimizer: LARS,
+             cfg: PretrainConfig, env: DistEnv) -> None:
+    """The metrics row of `step` (every rank): the loss terms (of the global batch already), the learning
+    rates, the embedding spread averaged over the ranks, and the collapse alarm."""
+    lr_w, lr_b = (g["lr"] for g in optimizer.param_groups)
+    memory = {"max_mem_gb": torch.cuda.max_memory_allocated() / 2**30} if env.device.type == "cuda" else {}
+    row = progress.row(step, epoch=epoch + 1, loss=terms.loss, on_diag=terms.on_diag, off_diag=terms.off_diag,
+                       lr_weights=lr_w, lr_biases=lr_b, embed_std=float(embedding_spread(emb.z1)),
+                       mean=("embed_std",), **memory)
+    if row["embed_std"] < cfg.collapse_std_threshold:
+        log.warning("step %d: embedding spread %.4f < %.4f: the representations may be collapsing",
+                    step, row["embed_std"], cfg.collapse_std_threshold)
 
 
 def build_model(cfg: PretrainConfig, fresh: bool = True) -> BarlowTwins:

@@ -13,10 +13,11 @@ each rank only saw its own share and DDP's average left the gradients 1/world_si
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
+
+from btcxr.engine.distributed import all_reduce_sum
 
 
 class LossTerms(NamedTuple):
@@ -32,19 +33,6 @@ def off_diagonal(x: torch.Tensor) -> torch.Tensor:
     if n != m:
         raise ValueError(f"off_diagonal needs a square matrix, got {tuple(x.shape)}")
     return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
-
-
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over the ranks whose backward sums the gradients over the ranks too.
-
-    torch.distributed.nn.functional.all_reduce does this in every torch this package supports (>= 2.1);
-    recent releases flag it as deprecated in favour of _functional_collectives, whose all_reduce has a
-    backward only in recent releases."""
-    from torch.distributed.nn.functional import all_reduce
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return all_reduce(x)
 
 
 def cross_correlation(n1: torch.Tensor, n2: torch.Tensor, global_batch: int,

@@ -1,0 +1,65 @@
+"""The report stage: with every run of the grid finished, the localisation, the case browser and
+OUT/report (index.html, results.md), marked done with the fingerprint of what it shows."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from btcxr.config import config_to_dict
+from btcxr.experiment.grids import grid_runs
+from btcxr.experiment.markers import DONE, done_fingerprint, is_done, mark_done
+from btcxr.experiment.plan import Plan
+from btcxr.experiment.results import build_browser, run_localisation, write_results
+from btcxr.experiment.spec import fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def report_key(plan: Plan) -> str | None:
+    """Fingerprint of what the report shows (the experiment's settings, each run's); None while a run of
+    the grid has not finished."""
+    runs = {}
+    for run_id in grid_runs(plan):
+        if not (plan.run_dir(run_id) / DONE).exists():
+            return None
+        runs[run_id] = done_fingerprint(plan.run_dir(run_id))
+    return fingerprint({"experiment": config_to_dict(plan.exp), "runs": runs})
+
+
+def report_done(plan: Plan) -> bool:
+    key = report_key(plan)
+    return key is not None and is_done(plan.out / "report", key)
+
+
+def mark_report_done(plan: Plan) -> None:
+    mark_done(plan.out / "report", report_key(plan))
+
+
+def ground_truth_note(plan: Plan) -> list[str]:
+    """The report says which protocol made the VinDr boxes and split (from the cache's prepare.json)."""
+    from btcxr.data.cache_format import read_settings
+
+    text = read_settings(plan.vindr_cache).get("ground_truth") if plan.vindr_cache else None
+    return [f"VinDr ground truth and split: {text}."] if text else []
+
+
+def write_report(plan: Plan) -> Path | None:
+    """results.csv from what is on disk; with every run finished, the localisation and the report.
+    None while runs are missing. Only one process at a time may call this (the launcher sees to it)."""
+    from btcxr.engine.checkpoint import library_versions
+    from btcxr.report.build import build_report
+
+    results = write_results(plan)
+    expected = len(grid_runs(plan))
+    if len(results) < expected:
+        log.warning("%d of %d runs finished; the report is written once the others are done", len(results),
+                    expected)
+        return None
+    localisation, grids = run_localisation(plan, results)
+    browser = build_browser(plan)
+    index = build_report(plan.out / "report", results, baseline=plan.baseline, localisation=localisation,
+                         cam_grids=grids, configs={k: v for k, v in plan.configs.items() if v.exists()},
+                         versions=library_versions(), notes=[*plan.notes, *ground_truth_note(plan)], browser=browser)
+    log.info("report: %s", index)
+    return index
