@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from btcxr.engine.io import write_json, write_text
+from btcxr.engine.run import PROBE_RESULTS
 
 
 def write_results(results: dict[str, Any], out_dir: str | Path) -> None:
     """Write both files atomically (temporary file + rename), so a reader never sees half a table."""
     out_dir = Path(out_dir)
-    write_json(out_dir / "results.json", results, allow_nan=False)
+    write_json(out_dir / PROBE_RESULTS, results, allow_nan=False)
     write_text(out_dir / "results.md", results_markdown(results))
 
 

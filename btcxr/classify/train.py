@@ -35,7 +35,7 @@ from btcxr.engine.checkpoint import library_versions, load_checkpoint, save_chec
 from btcxr.engine.distributed import DistEnv
 from btcxr.engine.loop import backward_step, set_learning_rates
 from btcxr.engine.progress import Progress
-from btcxr.engine.run import RunDir
+from btcxr.engine.run import BEST, PROBE_RESULTS, RunDir
 from btcxr.engine.runlog import MetricsLog
 from btcxr.engine.runtime import autocast, grad_scaler, resolve_device, seed_everything
 from btcxr.engine.schedule import warmup_cosine
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 KIND = "btcxr-probe"
-BEST = "best.pt"
 
 
 def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
@@ -167,7 +166,7 @@ def probe(cfg: ProbeConfig, out_dir: str | Path, resume: bool = False) -> dict[s
     }
     write_results(results, run.path)
     log.info("selected epoch %d: val mean AUROC %.4f, test mean AUROC %.4f -> %s", state["best_epoch"],
-             val_best.mean, test.mean, run.path / "results.json")
+             val_best.mean, test.mean, run.path / PROBE_RESULTS)
     return results
 
 

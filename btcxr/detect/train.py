@@ -40,14 +40,13 @@ from btcxr.engine.checkpoint import save_checkpoint
 from btcxr.engine.distributed import DistEnv, distributed_session
 from btcxr.engine.io import write_json
 from btcxr.engine.loop import wrap_ddp
-from btcxr.engine.run import RunDir
+from btcxr.engine.run import BEST, TEST_METRICS, RunDir
 from btcxr.engine.runtime import grad_scaler, seed_everything
 from btcxr.engine.syncbn import convert_sync_batchnorm
 from btcxr.errors import BtcxrError
 
 log = logging.getLogger(__name__)
 
-BEST = "best.pt"
 
 
 def finetune(cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False) -> Path:
@@ -158,7 +157,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, env: DistEnv) -> Pat
     finally:
         run.close()
 
-    if env.is_main and cfg.data.test_split and not (out / "test_metrics.json").exists():
+    if env.is_main and cfg.data.test_split and not (out / TEST_METRICS).exists():
         test_model_on_split(out / BEST, cfg, out)
     return out / BEST
 
@@ -170,7 +169,7 @@ def test_model_on_split(best_path: Path, cfg: FinetuneConfig, out: Path) -> dict
                                   device=cfg.device, batch_size=max(1, cfg.optim.batch_size // 4),
                                   workers=cfg.data.workers, include_negatives=cfg.data.eval_negatives,
                                   seed=cfg.seed, predictions_path=out / "test_predictions.csv")
-    write_json(out / "test_metrics.json", json.loads((out / "test" / "metrics.json").read_text(encoding="utf-8")))
+    write_json(out / TEST_METRICS, json.loads((out / "test" / "metrics.json").read_text(encoding="utf-8")))
     log.info("test %s: mAP50 %.4f (best epoch of %s)", cfg.data.test_split, metrics["map50"] or 0.0, best_path)
     return metrics
 

@@ -39,8 +39,12 @@ from btcxr.errors import BtcxrError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "last.pt"
+# The names of a run folder's files, for every stage and for whoever reads run folders (experiment, report).
+CHECKPOINT = "last.pt"  # resumable state
+BEST = "best.pt"  # the selected epoch's weights (fine-tuning, probe)
 CONFIG = "config.yaml"
+PROBE_RESULTS = "results.json"  # the probe's scores
+TEST_METRICS = "test_metrics.json"  # a detector's test scores
 
 # Settings that may change between a run and its resume without changing what it computes: where the data
 # lies and how it is loaded, logging, compilation, and where the ImageNet weights file sits. One list for

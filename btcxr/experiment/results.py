@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from btcxr.engine.io import ensure_dir, remove_temp_files, write_csv
+from btcxr.engine.run import BEST, PROBE_RESULTS, TEST_METRICS
 from btcxr.experiment.grids import curve_runs, detection_runs, probe_runs
 from btcxr.experiment.markers import DONE, done_fingerprint, is_done, mark_done
 from btcxr.experiment.plan import Plan
@@ -28,7 +29,7 @@ def collect_results(plan: Plan) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for gr in detection_runs(plan):
         run, run_dir = gr.run, plan.run_dir(gr.run_id)
-        metrics_path = run_dir / "test_metrics.json"
+        metrics_path = run_dir / TEST_METRICS
         if not is_done(run_dir, gr.key) or not metrics_path.exists():
             continue
         m = json.loads(metrics_path.read_text())
@@ -42,7 +43,7 @@ def collect_results(plan: Plan) -> pd.DataFrame:
         rows.append(row)
     for gr in probe_runs(plan):
         run, run_dir = gr.run, plan.run_dir(gr.run_id)
-        results_path = run_dir / "results.json"
+        results_path = run_dir / PROBE_RESULTS
         if not is_done(run_dir, gr.key) or not results_path.exists():
             continue
         r = json.loads(results_path.read_text())
@@ -57,7 +58,7 @@ def collect_results(plan: Plan) -> pd.DataFrame:
         run, run_dir = gr.run, plan.run_dir(gr.run_id)
         if not is_done(run_dir, gr.key):
             continue
-        r = json.loads((run_dir / "results.json").read_text())
+        r = json.loads((run_dir / PROBE_RESULTS).read_text())
         rows.append({"run_id": run_dir.name, "kind": "probe_curve", "init": run.init, "size": r.get("input_size"),
                      "fraction": r["fraction"], "seed": r["seed"], "step": run.step, "run_dir": str(run_dir),
                      "status": "done", "mean_auroc": r["test"].get("mean_auroc"), "mode": "freeze"})
@@ -106,7 +107,6 @@ def run_localisation(plan: Plan, results: pd.DataFrame) -> tuple[dict | None, li
     det = results[results["kind"] == "detection"] if len(results) else results
     if not loc.enabled or len(inits) == 0 or len(det) == 0:
         return None, []
-    from btcxr.detect.train import BEST
     from btcxr.explain.run import explain_split
 
     checkpoints, runs = {}, {}
