@@ -126,7 +126,8 @@ def _kill_after_saving(monkeypatch, step: int) -> None:
     monkeypatch.setattr(run_mod, "save_checkpoint", save_then_die)
 
 
-RESUME = ["optim.epochs=2", "optim.batch_size=8", "model.projector=[32,16]", "checkpoint_every_steps=2"]  # 4 steps/epoch
+RESUME = ["optim.epochs=2", "optim.batch_size=8", "model.projector=[32,16]", "checkpoint_every_steps=2",
+          "monitor_every=3"]  # 4 steps/epoch; monitor rows at steps 0, 3, 6 and 8
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -162,6 +163,9 @@ def test_killed_and_resumed_run_equals_the_straight_run(small_cache, tmp_path, m
     monkeypatch.undo()
     run_mod.pretrain(cfg, out, resume=True)
     assert _losses(out) == _losses(straight_run)
+    monitors = read_metrics(straight_run, "monitor")
+    assert [r["step"] for r in monitors] == [0, 3, 6, 8]
+    assert read_metrics(out, "monitor") == monitors  # every monitor row once, bit-identical
     a, b = _weights(out), _weights(straight_run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     opt_a = load_checkpoint(out / "last.pt")["optimizer"]["state"]
@@ -203,7 +207,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     with pytest.raises(BtcxrError, match=r"non-finite loss \(nan\) at step 4 .*last good state \(step 2\)"):
         run_mod.pretrain(tiny(small_cache, *RESUME), out)
     assert load_checkpoint(out / "last.pt")["step"] == 2
-    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    assert [r["step"] for r in read_metrics(out, "train")] == [1, 2, 3]
 
 
 def test_paper_config_holds_the_paper_recipe():

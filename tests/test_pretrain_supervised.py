@@ -50,6 +50,10 @@ def test_supervised_init_learns_the_labels_and_beats_random_features(labelled, t
     result = torchvision.models.resnet18().load_state_dict(state, strict=False)
     assert result.missing_keys == ["fc.weight", "fc.bias"] and not result.unexpected_keys
     assert load_checkpoint(out / "last.pt")["kind"] == "btcxr-pretrain-supervised"
+    # The monitors (labelled cache: with the k-NN probe) at the init and at the last step.
+    first, last = read_metrics(out, "monitor")
+    assert (first["step"], last["step"]) == (0, len(losses))
+    assert last["knn_mean_auroc"] > first["knn_mean_auroc"] and 1 < last["rankme_backbone"] <= 512
 
     # The positive-control property on these labels: a linear probe of its frozen features beats one of
     # random features (same probe, same seed).

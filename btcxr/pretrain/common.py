@@ -3,6 +3,7 @@ schedules, the resume check, the checkpoint cadence and the backbone writer."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,16 @@ from btcxr.backbones import backbone_state_dict
 from btcxr.engine.checkpoint import save_checkpoint
 from btcxr.engine.distributed import DistEnv, barrier
 from btcxr.engine.run import RunDir
+from btcxr.engine.runlog import MetricsLog
 from btcxr.engine.runtime import grad_scaler
 from btcxr.engine.schedule import warmup_cosine
 from btcxr.errors import BtcxrError
 from btcxr.pretrain.config import PretrainConfig
 from btcxr.pretrain.lars import LARS, lars_param_groups
+from btcxr.pretrain.monitor import MonitorSet
 
 BACKBONE = "backbone.pth"
+log = logging.getLogger(__name__)
 
 
 def optimizer_and_scaler(cfg: PretrainConfig, model: nn.Module, env: DistEnv) -> tuple[LARS, torch.amp.GradScaler]:
@@ -76,3 +80,22 @@ def save_backbone(run: RunDir, backbone: nn.Module, name: str = BACKBONE) -> Pat
         save_checkpoint(run.path / name, backbone_state_dict(backbone))
     barrier(run.env)
     return run.path / name
+
+
+def open_monitor(cfg: PretrainConfig, env: DistEnv) -> MonitorSet | None:
+    """The monitor set of this run, on the main rank (the others measure nothing); None when off."""
+    if not cfg.monitor_every or not env.is_main:
+        return None
+    return MonitorSet(cfg.data.cache, cfg.model.size, cfg.monitor_images, cfg.monitor_bank)
+
+
+def monitor_when_due(monitor: MonitorSet | None, metrics: MetricsLog | None, cfg: PretrainConfig, step: int,
+                     total: int, backbone: nn.Module, projector: nn.Module | None = None) -> None:
+    """A "monitor" row at step 0 (the init), every monitor_every steps and at the last step. Called before
+    the step's checkpoint, so a resumed run never writes a row twice or misses one."""
+    if monitor is None or not (step % cfg.monitor_every == 0 or step == total):
+        return
+    row = monitor.measure(backbone, projector)
+    if metrics is not None:
+        metrics.log(step, "monitor", **row)
+    log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in row.items()))

@@ -125,6 +125,12 @@ class PretrainConfig:
     backbone_steps: list[int] = field(default_factory=list)
     corr_every_steps: int = 1000  # cross-correlation heatmap PNG; 0: only at the end
     collapse_std_threshold: float = 0.05  # warn when the normalised embedding spread drops below this
+    # Monitors (pretrain/monitor.py) at step 0, every monitor_every steps and at the last step (0: off):
+    # RankMe, embedding spread and (labelled caches) the k-NN probe on monitor_images val images, with
+    # monitor_bank train images as the k-NN bank.
+    monitor_every: int = 1000
+    monitor_images: int = 512
+    monitor_bank: int = 1024
 
     # Keys of older versions -> (where they live now, value conversion): run folders and configs written
     # before the one config vocabulary of every stage (optim.epochs, optim.batch_size, data.workers,
@@ -138,6 +144,8 @@ class PretrainConfig:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be at least 1, got {self.log_every}")
+        if self.monitor_every < 0 or self.monitor_images < 2 or self.monitor_bank < 1:
+            raise ValueError("monitor_every must be >= 0, monitor_images >= 2 and monitor_bank >= 1")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "supervised" and self.views.on_gpu:

@@ -27,6 +27,8 @@ from btcxr.engine.syncbn import convert_sync_batchnorm
 from btcxr.pretrain.common import (
     checkpoint_when_due,
     lr_schedules,
+    monitor_when_due,
+    open_monitor,
     optimizer_and_scaler,
     restore,
     save_backbone,
@@ -66,8 +68,11 @@ def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
                         desc=f"pretrain {cfg.name} (supervised)")
     log.info("supervised pre-training %s: %d steps of %d labelled images (%d an epoch), from step %d", cfg.name,
              total, cfg.optim.batch_size, steps_per_epoch, step)
-    if step == 0 and 0 in cfg.backbone_steps:
-        save_backbone(run, model.backbone, "backbone_step0.pth")  # the curve's first point: the init
+    monitor = open_monitor(cfg, env)
+    if step == 0:
+        monitor_when_due(monitor, progress.metrics, cfg, 0, total, model.backbone)
+        if 0 in cfg.backbone_steps:
+            save_backbone(run, model.backbone, "backbone_step0.pth")  # the curve's first point: the init
     model.train()
     try:
         for epoch in range(step // steps_per_epoch, cfg.optim.epochs):
@@ -85,6 +90,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
                 if progress.update(step):  # the loss of this rank's share, averaged over the ranks
                     progress.row(step, epoch=epoch + 1, loss=loss, lr_weights=lr_w[step - 1],
                                  lr_biases=lr_b[step - 1], mean=("loss",))
+                monitor_when_due(monitor, progress.metrics, cfg, step, total, model.backbone)
                 checkpoint_when_due(run, cfg, step, steps_per_epoch, model, optimizer, scaler)
     finally:
         progress.close()

@@ -30,6 +30,8 @@ from btcxr.pretrain.batched_views import BatchedViews
 from btcxr.pretrain.common import (
     checkpoint_when_due,
     lr_schedules,
+    monitor_when_due,
+    open_monitor,
     optimizer_and_scaler,
     restore,
     save_backbone,
@@ -68,8 +70,11 @@ def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
              total, cfg.optim.batch_size, steps_per_epoch, env.world_size, step)
     progress = Progress(env, run.open_metrics(), log_every=cfg.log_every, last=total, start=step,
                         desc=f"pretrain {cfg.name}", rate="pairs_per_s")
-    if step == 0 and 0 in cfg.backbone_steps:
-        save_backbone(run, model.backbone, "backbone_step0.pth")  # the curve's first point: the init
+    monitor = open_monitor(cfg, env)
+    if step == 0:
+        monitor_when_due(monitor, progress.metrics, cfg, 0, total, model.backbone, model.projector)
+        if 0 in cfg.backbone_steps:
+            save_backbone(run, model.backbone, "backbone_step0.pth")  # the curve's first point: the init
     model.train()
     try:
         for epoch in range(step // steps_per_epoch, cfg.optim.epochs):
@@ -84,6 +89,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
                 heatmap = step == total or (cfg.corr_every_steps and step % cfg.corr_every_steps == 0)
                 if env.is_main and heatmap:
                     save_corr_heatmap(terms.c, run.path / f"corr_{step}.png", step)
+                monitor_when_due(monitor, progress.metrics, cfg, step, total, model.backbone, model.projector)
                 checkpoint_when_due(run, cfg, step, steps_per_epoch, model, optimizer, scaler)
     finally:
         progress.close()
