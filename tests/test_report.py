@@ -336,3 +336,15 @@ def test_summary_answers_the_three_questions_with_random_as_baseline(tmp_path):
     assert "btcxr against imagenet. Does pre-training on radiographs add to the cross-domain init?" in summary
     assert "supervised against random. The positive control: can this benchmark see transfer?" in summary
     assert "Detectable Δ" in md and index.exists()
+
+
+def test_monitor_curves_of_the_pre_trainings(tmp_path):
+    results = make_results(tmp_path, seeds=(0, 2), probe=False)
+    monitors = pd.DataFrame({"init": ["btcxr"] * 3 + ["supervised"] * 3, "step": [0, 5, 10] * 2,
+                             "rankme_backbone": [3.0, 5.5, 9.25, 3.0, 4.0, 6.0],
+                             "knn_mean_auroc": [0.5, 0.55, 0.6, 0.5, 0.7, 0.8]})
+    index = build_report(tmp_path / "report", results, monitors=monitors)
+    assert "Pre-training monitors" in index.read_text() and (tmp_path / "report" / "figures" / "monitors.png").is_file()
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert "| btcxr | 10 | 9.250 | 0.600 |" in md
+    assert "Pre-training monitors" not in build_report(tmp_path / "plain", results).read_text()

@@ -12,6 +12,7 @@ import torch
 
 from btcxr.config_files import CONFIG_DIR
 from btcxr.engine.checkpoint import load_checkpoint
+from btcxr.engine.runlog import read_metrics
 from btcxr.errors import BtcxrError
 from btcxr.experiment import data_stage, grids, pretrain_stage, report_stage, results
 from btcxr.experiment import local as launcher
@@ -531,6 +532,11 @@ def test_every_arm_runs_for_real_offline(tmp_path, monkeypatch):
     assert all(torch.equal(natural[k], start[k]) for k in natural)
     html = index.read_text()
     assert "stand-in" in html and "The positive control" in html and "NIH probe against pre-training steps" in html
+    # the monitors of every pre-training (the stand-in's cache has no labels: no k-NN row there)
+    assert "Pre-training monitors" in html and (out / "report" / "figures" / "monitors.png").is_file()
+    monitors = {name: read_metrics(out / name, "monitor") for name in ("pretrain_natural", "pretrain", "pretrain_supervised")}
+    assert all([r["step"] for r in rows][0] == 0 and len(rows) >= 2 for rows in monitors.values())
+    assert "knn_mean_auroc" in monitors["pretrain"][-1] and "knn_mean_auroc" not in monitors["pretrain_natural"][-1]
 
 
 def test_a_copied_experiment_file_finds_its_stage_configs_in_the_package(tmp_path):

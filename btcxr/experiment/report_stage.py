@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from btcxr.config import config_to_dict
+from btcxr.engine.runlog import read_metrics
 from btcxr.experiment.grids import grid_runs
 from btcxr.experiment.markers import DONE, done_fingerprint, is_done, mark_done
 from btcxr.experiment.plan import Plan
@@ -44,6 +47,17 @@ def ground_truth_note(plan: Plan) -> list[str]:
     return [f"VinDr ground truth and split: {text}."] if text else []
 
 
+def monitor_rows(plan: Plan) -> pd.DataFrame:
+    """The monitor rows of every pre-training of the plan, named by the init(s) that use its backbone."""
+    frames = []
+    for pre in plan.pretrainings:
+        names = [name for name, spec in plan.inits.items() if spec == pre.spec] or [pre.spec]
+        rows = read_metrics(pre.run_dir, "monitor")
+        if rows:
+            frames.append(pd.DataFrame(rows).assign(init=" / ".join(names)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def write_report(plan: Plan) -> Path | None:
     """results.csv from what is on disk; with every run finished, the localisation and the report.
     None while runs are missing. Only one process at a time may call this (the launcher sees to it)."""
@@ -60,6 +74,7 @@ def write_report(plan: Plan) -> Path | None:
     browser = build_browser(plan)
     index = build_report(plan.out / "report", results, baseline=plan.baseline, localisation=localisation,
                          cam_grids=grids, configs={k: v for k, v in plan.configs.items() if v.exists()},
-                         versions=library_versions(), notes=[*plan.notes, *ground_truth_note(plan)], browser=browser)
+                         versions=library_versions(), notes=[*plan.notes, *ground_truth_note(plan)], browser=browser,
+                         monitors=monitor_rows(plan))
     log.info("report: %s", index)
     return index

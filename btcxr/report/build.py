@@ -25,6 +25,7 @@ from btcxr.report.figures import (
     Curve,
     init_colours,
     label_efficiency_figure,
+    monitor_figure,
     per_class_figure,
     probe_curve_figure,
     training_curves_figure,
@@ -73,9 +74,11 @@ class _Report:
 def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "imagenet",
                  localisation: dict | None = None, cam_grids: Sequence[Path] = (),
                  configs: dict[str, Path] | None = None, versions: dict[str, str] | None = None,
-                 notes: Sequence[str] = (), candidate: str = "btcxr", browser: Path | None = None) -> Path:
+                 notes: Sequence[str] = (), candidate: str = "btcxr", browser: Path | None = None,
+                 monitors: pd.DataFrame | None = None) -> Path:
     """Write out_dir/index.html, out_dir/results.md and out_dir/figures/*.png; return the index path.
-    browser: the index.html of a case browser (btcxr browse) the CAM section links to.
+    browser: the index.html of a case browser (btcxr browse) the CAM section links to. monitors: the
+    pre-trainings' monitor rows (init, step, rankme_backbone, ...), shown as curves.
 
     `results` has one row per run (the columns of results.csv); `baseline` is the init every other init is
     compared with (paired over seeds); `candidate` is the init the automatic summary is about.
@@ -110,6 +113,7 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
     _localisation_section(rep, localisation)
     _probe_section(rep, probe, probe_summary, probe_group, baseline, order)
     _probe_curve_section(rep, runs[runs["kind"] == "probe_curve"], probe, fig_dir, colours)
+    _monitor_section(rep, monitors, fig_dir, colours)
     _configs_section(rep, configs or {})
     _versions_section(rep, versions or {})
     _runs_section(rep, det, probe)
@@ -506,6 +510,25 @@ def _probe_curve_section(rep, curve, probe, fig_dir, colours) -> None:
                 [H.figure(f"figures/{path.name}", "Test mean AUROC of a linear probe against pre-training "
                                                   "steps; dashed: random init (floor) and the positive control "
                                                   "(ceiling)"), H.scroll(table.to_html())],
+                [table.to_markdown()])
+
+
+def _monitor_section(rep, monitors: pd.DataFrame | None, fig_dir: Path, colours) -> None:
+    """Did pre-training learn, by the label-free monitors (and the k-NN probe where the cache has labels)?"""
+    if monitors is None or monitors.empty:
+        return
+    path = monitor_figure(monitors, fig_dir / "monitors.png", colours=colours)
+    keys = [k for k in ("rankme_backbone", "rankme_projector", "embed_spread", "knn_mean_auroc") if k in monitors]
+    rows = [[init, str(int(r["step"])), *(fmt_num(r[k]) for k in keys)]
+            for init, part in monitors.groupby("init", sort=False) for _, r in part.sort_values("step").iterrows()]
+    table = Table(["Init", "Pre-training step", *keys], rows,
+                  "Pre-training monitors on the fixed val monitor set (btcxr/pretrain/monitor.py)", [
+                      "RankMe: effective rank of the features (1 = collapsed); k-NN: frozen backbone features, "
+                      "no training. The supervised init is the positive control."], numeric=set(range(1, 2 + len(keys))))
+    rep.section("monitors", "Pre-training monitors",
+                [H.figure(f"figures/{path.name}", "RankMe of the backbone features and the k-NN probe's val "
+                                                  "mean AUROC against pre-training steps, one line per "
+                                                  "pre-trained init"), H.scroll(table.to_html())],
                 [table.to_markdown()])
 
 

@@ -146,6 +146,25 @@ def training_curves_figure(curves: Sequence[Curve], path: Path, *, colours: dict
     return _save(fig, path)
 
 
+MONITOR_PANELS = (("rankme_backbone", "RankMe of backbone features"), ("knn_mean_auroc", "k-NN probe val mean AUROC"))
+
+
+def monitor_figure(monitors: pd.DataFrame, path: Path, *, colours: dict[str, str]) -> Path:
+    """The pre-training monitors against steps, a panel per measure present, a line per pre-trained init."""
+    panels = [(key, label) for key, label in MONITOR_PANELS if key in monitors and monitors[key].notna().any()]
+    fig = Figure(figsize=(5.0 * len(panels), 3.6))
+    for k, (key, label) in enumerate(panels, 1):
+        ax = fig.add_subplot(1, len(panels), k)
+        for init, part in monitors.groupby("init", sort=False):
+            part = part.sort_values("step")
+            ax.plot(part["step"], part[key], marker="o", label=init, color=colours.get(init))
+        ax.set_xlabel("pre-training steps")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def probe_curve_figure(curve: pd.DataFrame, path: Path, *, colours: dict[str, str],
                        bounds: dict[str, float]) -> Path:
     """Probe AUROC against pre-training steps, a line per init; `bounds` (name -> AUROC) as dashed lines."""
