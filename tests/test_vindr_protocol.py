@@ -279,3 +279,19 @@ def test_a_dicom_and_a_png_of_one_image_is_an_error(dicom_root, tmp_path):
     Image.fromarray(read_image(one).pixels).save(one.with_suffix(".png"))
     with pytest.raises(BtcxrError, match=rf"two image files for image {one.stem}: .*\.dicom and .*\.png"):
         prepare(PrepareSettings("vindr", str(root), str(tmp_path / "c"), size=32, workers=1))
+
+
+def test_an_annotated_image_without_a_file_is_an_error_or_a_counted_skip(dicom_root, tmp_path):
+    root = tmp_path / "partial"
+    shutil.copytree(dicom_root, root)
+    ids = pd.read_csv(root / "train.csv", dtype=str)
+    gone = ids.loc[ids["class_id"] != "14", "image_id"].iloc[0]
+    (root / "train" / f"{gone}.dicom").unlink()
+    with pytest.raises(BtcxrError, match=rf"1 of 12 annotated images have no image file \(e\.g\. {gone}\)"):
+        prepare(PrepareSettings("vindr", str(root), str(tmp_path / "a"), size=32, workers=1))
+    report = prepare(PrepareSettings("vindr", str(root), str(tmp_path / "b"), size=32, workers=1,
+                                     allow_missing_images=True))
+    assert report.images == 7 and gone not in set(read_manifest(tmp_path / "b")["image_id"])
+    errors = pd.read_csv(tmp_path / "b" / "errors.csv", dtype=str)
+    assert errors["image_id"].tolist() == [gone] and errors["path"][0] == str(root.resolve() / "train" / gone)
+    assert "annotated in" in errors["reason"][0] and "train.csv" in errors["reason"][0]

@@ -499,23 +499,21 @@ def _plan_vindr(s: PrepareSettings, cache: Path) -> _Plan:
         return list(pd.unique(fused.loc[fused["class_name"] != NO_FINDING, "image_id"]))
 
     ids = candidates(pre) + (candidates(pre_test) if pre_test is not None else [])
-    missing = [_missing_row(i, "annotated in", train_source, train.root) for i in train.missing_images]
-    if test is not None:
-        missing += [_missing_row(i, "annotated in", _vindr_annotation_file(test, "test"), test.root)
-                    for i in test.missing_images]
+    listed: dict[str, str] = {}  # the paper's listed images without a file -> their part
     if s.protocol == "paper":
         name = PAPER_SPLIT_FILE
-        lists, missing_listed = _paper_lists_present(s, train)
-        listed_gone = {i for ids in missing_listed.values() for i in ids}
-        missing = [m for m in missing if m["image_id"] not in listed_gone] + [
-            _missing_row(i, f"in the paper's {part} split but", None, train.root)
-            for part in lists for i in missing_listed.get(part, [])]
+        lists, listed = _paper_lists_present(s, train)
         make_split = partial(paper_split, ids, lists)
     else:
         name = splitting.vindr_split_name(s.seed, s.ratios, s.with_normals, s.official_test)
         make_split = partial(splitting.vindr_split, pre, ratios=s.ratios, seed=s.seed, with_normals=s.with_normals,
                              official_test=pre_test, classes=classes)
     split = splitting.load_or_make_split(cache, name, ids, make_split)
+    missing = [_missing_row(i, f"in the paper's {listed[i]} split but" if i in listed else f"annotated in {train_source}",
+                            train.root / "train") for i in train.missing_images]
+    if test is not None:
+        missing += [_missing_row(i, f"annotated in {_vindr_annotation_file(test, 'test')}", test.root / "test")
+                    for i in test.missing_images]
     paths = pd.concat([train.images] + ([test.images] if test is not None else []))
     tasks = split[["image_id"]].merge(paths, on="image_id", how="left", validate="one_to_one")
     for image_id in tasks["image_id"]:
@@ -574,9 +572,9 @@ def _resized_hint(source) -> str:
             "train_meta.csv (image_id,dim0,dim1)")
 
 
-def _paper_lists_present(s: PrepareSettings, train) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """The paper's val/test lists restricted to the images present, and the listed ids without a file
-    (an error unless --allow-missing-images). A listed id train.csv does not hold at all is an error."""
+def _paper_lists_present(s: PrepareSettings, train) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The paper's val/test lists restricted to the images present, and the listed ids without a file with
+    their part (an error unless --allow-missing-images). A listed id train.csv does not hold is an error."""
     lists = paper_lists()
     annotated = set(train.annotations["image_id"]) | set(train.missing_images)
     have = set(train.images["image_id"])
@@ -596,13 +594,12 @@ def _paper_lists_present(s: PrepareSettings, train) -> tuple[dict[str, list[str]
         log.warning("--protocol paper: %d image(s) of the paper's split have no file and are left out: %s",
                     n_absent, ", ".join(f"{len(v)} of {part}" for part, v in absent.items()))
     present = {part: [i for i in ids if i in have] for part, ids in lists.items()}
-    return present, {part: v for part, v in absent.items() if v}
+    return present, {i: part for part, ids in absent.items() for i in ids}
 
 
-def _missing_row(image_id: str, what: str, source: str | None, root) -> dict[str, str]:
-    where = f" {source}" if source else ""
-    return {"image_id": image_id, "path": str(Path(root) / "train" / image_id),
-            "reason": f"{what}{where} with no image file; left out (--allow-missing-images)"}
+def _missing_row(image_id: str, what: str, folder: Path) -> dict[str, str]:
+    return {"image_id": image_id, "path": str(folder / image_id),
+            "reason": f"{what} with no image file; left out (--allow-missing-images)"}
 
 
 def _ground_truth_text(s: PrepareSettings) -> str:
