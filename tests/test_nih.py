@@ -14,7 +14,7 @@ from btcxr.data.classes import NIH_LABELS
 from btcxr.data.nih import labels_multihot, load_nih, read_bbox_list, read_data_entry, read_split_list
 from btcxr.errors import BtcxrError
 
-# datasets.md, counts of the v2020 file (images whose labels contain each label)
+# The published counts of the v2020 file (images whose labels contain each label)
 REAL_LABEL_COUNTS = {
     "No Finding": 60_361, "Infiltration": 19_894, "Effusion": 13_317, "Atelectasis": 11_559, "Nodule": 6_331,
     "Mass": 5_782, "Pneumothorax": 5_302, "Consolidation": 4_667, "Pleural_Thickening": 3_385,

@@ -22,7 +22,7 @@ from btcxr.data.vindr import (
 )
 from btcxr.errors import BtcxrError
 
-# datasets.md: rows per class of the real train.csv
+# The published rows per class of the real Kaggle train.csv
 REAL_CLASS_ROWS = {0: 7162, 1: 279, 2: 960, 3: 5427, 4: 556, 5: 1000, 6: 1247, 7: 2483, 8: 2580, 9: 2203,
                    10: 2476, 11: 4842, 12: 226, 13: 4655, 14: 31818}
 

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from btcxr.data.images import longest_side_shape
+
 Target = dict[str, Any]
 
 
@@ -45,7 +47,7 @@ class ResizeLongest:
     def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
         image = to_float(image)
         h, w = image.shape[-2:]
-        new_h, new_w = longest_side_shape(h, w, self.size)
+        new_w, new_h, _ = longest_side_shape(w, h, self.size)  # the cache's rounding
         if (new_h, new_w) == (h, w):
             return image, target
         image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
@@ -80,12 +82,6 @@ def to_float(image: torch.Tensor) -> torch.Tensor:
     if image.dtype in (getattr(torch, "uint16", torch.uint8), torch.int32):  # 16-bit caches (int32 via PIL 'I')
         return image.float() / 65535.0
     return image.float()
-
-
-def longest_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
-    """(h, w) scaled so max(h, w) == size, rounded as btcxr.data.images.resize_longest rounds."""
-    scale = size / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def train_transform(size: int, hflip: float = 0.5) -> Compose:
