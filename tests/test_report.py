@@ -343,8 +343,10 @@ def test_monitor_curves_of_the_pre_trainings(tmp_path):
     monitors = pd.DataFrame({"init": ["btcxr"] * 3 + ["supervised"] * 3, "step": [0, 5, 10] * 2,
                              "rankme_backbone": [3.0, 5.5, 9.25, 3.0, 4.0, 6.0],
                              "knn_mean_auroc": [0.5, 0.55, 0.6, 0.5, 0.7, 0.8]})
-    index = build_report(tmp_path / "report", results, monitors=monitors)
+    floor = {"rankme_backbone": 2.5, "knn_mean_auroc": 0.51}
+    index = build_report(tmp_path / "report", results, monitors=monitors, monitor_floor=floor)
     assert "Pre-training monitors" in index.read_text() and (tmp_path / "report" / "figures" / "monitors.png").is_file()
     md = (tmp_path / "report" / "results.md").read_text()
     assert "| btcxr | 10 | 9.250 | 0.600 |" in md
+    assert "| random init (floor) | - | 2.500 | 0.510 |" in md
     assert "Pre-training monitors" not in build_report(tmp_path / "plain", results).read_text()

@@ -537,6 +537,7 @@ def test_every_arm_runs_for_real_offline(tmp_path, monkeypatch):
     monitors = {name: read_metrics(out / name, "monitor") for name in ("pretrain_natural", "pretrain", "pretrain_supervised")}
     assert all([r["step"] for r in rows][0] == 0 and len(rows) >= 2 for rows in monitors.values())
     assert "knn_mean_auroc" in monitors["pretrain"][-1] and "knn_mean_auroc" not in monitors["pretrain_natural"][-1]
+    assert "| random init (floor) | - |" in (out / "report" / "results.md").read_text()  # on the NIH monitor set
 
 
 def test_a_copied_experiment_file_finds_its_stage_configs_in_the_package(tmp_path):

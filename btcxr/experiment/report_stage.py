@@ -58,6 +58,26 @@ def monitor_rows(plan: Plan) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def monitor_floor(plan: Plan) -> dict[str, float]:
+    """The monitors of a random-init backbone (drawn with the pre-training's seed) on the monitor set of
+    the first pre-training on the NIH cache that wrote monitor rows: the floor the curves are read against
+    ({} when none did)."""
+    import torch
+
+    from btcxr.backbones import build_resnet
+    from btcxr.pretrain.monitor import MonitorSet
+
+    cfg = next((p.cfg for p in plan.pretrainings if plan.nih_cache and Path(p.cfg.data.cache) == Path(plan.nih_cache)
+                and read_metrics(p.run_dir, "monitor")), None)
+    if cfg is None:
+        return {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        backbone = build_resnet(cfg.model.arch, init="random")
+    monitor = MonitorSet(cfg.data.cache, cfg.model.size, cfg.monitor_images, cfg.monitor_bank)
+    return monitor.measure(backbone)
+
+
 def write_report(plan: Plan) -> Path | None:
     """results.csv from what is on disk; with every run finished, the localisation and the report.
     None while runs are missing. Only one process at a time may call this (the launcher sees to it)."""
@@ -75,6 +95,6 @@ def write_report(plan: Plan) -> Path | None:
     index = build_report(plan.out / "report", results, baseline=plan.baseline, localisation=localisation,
                          cam_grids=grids, configs={k: v for k, v in plan.configs.items() if v.exists()},
                          versions=library_versions(), notes=[*plan.notes, *ground_truth_note(plan)], browser=browser,
-                         monitors=monitor_rows(plan))
+                         monitors=monitor_rows(plan), monitor_floor=monitor_floor(plan))
     log.info("report: %s", index)
     return index

@@ -22,6 +22,7 @@ from btcxr.engine.runlog import METRICS, read_metrics
 from btcxr.errors import BtcxrError
 from btcxr.report import html as H
 from btcxr.report.figures import (
+    FLOOR,
     Curve,
     init_colours,
     label_efficiency_figure,
@@ -75,10 +76,11 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
                  localisation: dict | None = None, cam_grids: Sequence[Path] = (),
                  configs: dict[str, Path] | None = None, versions: dict[str, str] | None = None,
                  notes: Sequence[str] = (), candidate: str = "btcxr", browser: Path | None = None,
-                 monitors: pd.DataFrame | None = None) -> Path:
+                 monitors: pd.DataFrame | None = None, monitor_floor: dict[str, float] | None = None) -> Path:
     """Write out_dir/index.html, out_dir/results.md and out_dir/figures/*.png; return the index path.
     browser: the index.html of a case browser (btcxr browse) the CAM section links to. monitors: the
-    pre-trainings' monitor rows (init, step, rankme_backbone, ...), shown as curves.
+    pre-trainings' monitor rows (init, step, rankme_backbone, ...), shown as curves; monitor_floor: the
+    same measures of a random-init backbone, shown as the curves' floor.
 
     `results` has one row per run (the columns of results.csv); `baseline` is the init every other init is
     compared with (paired over seeds); `candidate` is the init the automatic summary is about.
@@ -113,7 +115,7 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
     _localisation_section(rep, localisation)
     _probe_section(rep, probe, probe_summary, probe_group, baseline, order)
     _probe_curve_section(rep, runs[runs["kind"] == "probe_curve"], probe, fig_dir, colours)
-    _monitor_section(rep, monitors, fig_dir, colours)
+    _monitor_section(rep, monitors, monitor_floor or {}, fig_dir, colours)
     _configs_section(rep, configs or {})
     _versions_section(rep, versions or {})
     _runs_section(rep, det, probe)
@@ -513,22 +515,28 @@ def _probe_curve_section(rep, curve, probe, fig_dir, colours) -> None:
                 [table.to_markdown()])
 
 
-def _monitor_section(rep, monitors: pd.DataFrame | None, fig_dir: Path, colours) -> None:
-    """Did pre-training learn, by the label-free monitors (and the k-NN probe where the cache has labels)?"""
+def _monitor_section(rep, monitors: pd.DataFrame | None, floor: dict[str, float], fig_dir: Path, colours) -> None:
+    """Did pre-training learn, by the label-free monitors (and the k-NN probe where the cache has labels)?
+    Read against `floor`, the same measures of a random-init backbone."""
     if monitors is None or monitors.empty:
         return
-    path = monitor_figure(monitors, fig_dir / "monitors.png", colours=colours)
+    path = monitor_figure(monitors, fig_dir / "monitors.png", colours=colours, floor=floor)
     keys = [k for k in ("rankme_backbone", "rankme_projector", "embed_spread", "knn_mean_auroc") if k in monitors]
     rows = [[init, str(int(r["step"])), *(fmt_num(r[k]) for k in keys)]
             for init, part in monitors.groupby("init", sort=False) for _, r in part.sort_values("step").iterrows()]
+    if floor:
+        rows.append([FLOOR, "-", *(fmt_num(floor.get(k, float("nan"))) for k in keys)])
     table = Table(["Init", "Pre-training step", *keys], rows,
                   "Pre-training monitors on the fixed val monitor set (btcxr/pretrain/monitor.py)", [
                       "RankMe: effective rank of the features (1 = collapsed); k-NN: frozen backbone features, "
-                      "no training. The supervised init is the positive control."], numeric=set(range(1, 2 + len(keys))))
+                      "no training. The supervised init is the positive control (the ceiling); "
+                      f"'{FLOOR}' is a random-init backbone on the monitor set of the first pre-training on the "
+                      "NIH cache (the floor)."], numeric=set(range(1, 2 + len(keys))))
     rep.section("monitors", "Pre-training monitors",
                 [H.figure(f"figures/{path.name}", "RankMe of the backbone features and the k-NN probe's val "
                                                   "mean AUROC against pre-training steps, one line per "
-                                                  "pre-trained init"), H.scroll(table.to_html())],
+                                                  "pre-trained init; dashed: random init (floor)"),
+                 H.scroll(table.to_html())],
                 [table.to_markdown()])
 
 

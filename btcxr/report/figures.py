@@ -146,11 +146,14 @@ def training_curves_figure(curves: Sequence[Curve], path: Path, *, colours: dict
     return _save(fig, path)
 
 
+FLOOR = "random init (floor)"  # the monitors' line and table row of a random-init backbone
 MONITOR_PANELS = (("rankme_backbone", "RankMe of backbone features"), ("knn_mean_auroc", "k-NN probe val mean AUROC"))
 
 
-def monitor_figure(monitors: pd.DataFrame, path: Path, *, colours: dict[str, str]) -> Path:
-    """The pre-training monitors against steps, a panel per measure present, a line per pre-trained init."""
+def monitor_figure(monitors: pd.DataFrame, path: Path, *, colours: dict[str, str],
+                   floor: dict[str, float] | None = None) -> Path:
+    """The pre-training monitors against steps, a panel per measure present, a line per pre-trained init;
+    `floor` (measure -> value of a random-init backbone) as a dashed line."""
     panels = [(key, label) for key, label in MONITOR_PANELS if key in monitors and monitors[key].notna().any()]
     fig = Figure(figsize=(5.0 * len(panels), 3.6))
     for k, (key, label) in enumerate(panels, 1):
@@ -158,6 +161,8 @@ def monitor_figure(monitors: pd.DataFrame, path: Path, *, colours: dict[str, str
         for init, part in monitors.groupby("init", sort=False):
             part = part.sort_values("step")
             ax.plot(part["step"], part[key], marker="o", label=init, color=colours.get(init))
+        if floor and key in floor:
+            ax.axhline(floor[key], linestyle="--", linewidth=1, color="#444444", label=FLOOR)
         ax.set_xlabel("pre-training steps")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
