@@ -5,7 +5,7 @@ backbone, on procedural shapes whose class survives every pre-training view.
     .venv/bin/python benchmarks/ssl_sanity.py --reduced      # the reduced version `make test` runs
 
 Per seed s (0, 1, 2): `btcxr pretrain` (our loop, the demo recipe scaled to the set: ResNet-18, radiograph
-views, LARS, the demo's learning rates) pre-trains from a random init drawn with seed s on the unlabeled
+views, LARS, `RECIPE` below) pre-trains from a random init drawn with seed s on the unlabeled
 pictures; its step-0 backbone (that very init) is the random-features arm, so the pair differs only by the
 pre-training. Both are probed the same way: frozen centre-view features, standardised, a logistic
 regression (scikit-learn, fixed C) trained on the labelled probe-train pictures and scored on held-out

@@ -580,3 +580,23 @@ def test_report_notes_say_which_protocol_made_the_ground_truth(tmp_path):
     plan.vindr_cache.mkdir(parents=True)
     (plan.vindr_cache / "prepare.json").write_text(json.dumps({"ground_truth": "the paper's protocol: x"}))
     assert report_stage.ground_truth_note(plan) == ["VinDr ground truth and split: the paper's protocol: x."]
+
+
+@pytest.mark.slow
+def test_results_are_a_function_of_the_config_whatever_the_workers(tmp_path, monkeypatch):
+    """The same tiny experiment twice on one machine, with 1 and with 2 worker processes for synthesis and
+    preparation: results.csv is the same, value for value (only the run folders' paths differ)."""
+    _no_imagenet(monkeypatch)
+    overrides = ["data.synthetic={n_vindr: 32, n_nih: 32, size: 64, seed: 0, normal_fraction: 0.3}",
+                 "data.cache_size=64", "data.pretrain_size=32", "sizes=[64]", "inits={random: random, btcxr: btcxr}",
+                 "baseline=random", "pretrain.overrides=[optim.epochs=1, optim.batch_size=8, model.init=random]",
+                 "finetune.overrides=[optim.epochs=1]", "probe.overrides=[optim.epochs=1]", "seeds=[0]",
+                 "fractions=[1.0]", "localisation.enabled=false"]
+    tables = []
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        launcher.reproduce(CONFIGS / "demo.yaml", overrides, out=out, workers=workers)
+        table = (out / "results.csv").read_text()
+        assert "map50" in table and "mean_auroc" in table
+        tables.append(table.replace(str(out), "OUT"))
+    assert tables[0] == tables[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,37 @@ def test_rows_written_after_the_checkpoint_are_dropped_and_a_cut_line_too(tmp_pa
     again.open_metrics().log(3, "train", loss=3.5)
     again.close()
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "run")] == [(1, 1.0), (2, 2.0), (3, 3.5)]
+
+
+def test_each_run_records_the_environment_its_numbers_depend_on(tmp_path):
+    run = _toy(tmp_path)
+    run.open_metrics()
+    run.save(step=2, epoch=0)
+    run.close()
+    path = tmp_path / "run" / "environment.json"
+    (entry,) = json.loads(path.read_text())
+    assert entry["from_step"] == 0 and entry["versions"]["torch"] == torch.__version__
+    assert entry["torch_threads"] == torch.get_num_threads()
+    assert entry["deterministic_algorithms"] == torch.are_deterministic_algorithms_enabled()
+    assert entry["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    root = Path(__file__).resolve().parents[1]
+    if (root / ".git").exists():  # a clone (CI's is one): the commit the code ran at
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert entry["git_commit"] == head.stdout.strip() and isinstance(entry["git_dirty"], bool)
+    again = _toy(tmp_path)  # resumed in the same environment: nothing new
+    again.open_metrics()
+    again.close()
+    assert len(json.loads(path.read_text())) == 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:  # resumed with another thread count: a second entry, from the checkpoint's step
+        elsewhere = _toy(tmp_path)
+        elsewhere.open_metrics()
+        elsewhere.close()
+    finally:
+        torch.set_num_threads(threads)
+    entries = json.loads(path.read_text())
+    assert [e["from_step"] for e in entries] == [0, 2] and entries[1]["torch_threads"] != threads
 
 
 def test_a_fresh_run_starts_a_fresh_log_and_temp_files_of_killed_writes_go(tmp_path):

@@ -17,6 +17,7 @@ so far. Only the main rank writes files; `save` and `check_finite` are collectiv
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from btcxr.engine.checkpoint import (
     set_rng_state,
 )
 from btcxr.engine.distributed import DistEnv, barrier
-from btcxr.engine.io import ensure_dir, remove_temp_files, write_yaml
+from btcxr.engine.fingerprint import environment_fingerprint
+from btcxr.engine.io import ensure_dir, remove_temp_files, write_json, write_yaml
 from btcxr.engine.runlog import MetricsLog, truncate_metrics
 from btcxr.errors import BtcxrError
 
@@ -45,6 +47,7 @@ BEST = "best.pt"  # the selected epoch's weights (fine-tuning, probe)
 CONFIG = "config.yaml"
 PROBE_RESULTS = "results.json"  # the probe's scores
 TEST_METRICS = "test_metrics.json"  # a detector's test scores
+ENVIRONMENT = "environment.json"  # what the numbers depend on beyond the config (engine/fingerprint.py)
 
 # Settings that may change between a run and its resume without changing what it computes: where the data
 # lies and how it is loaded, logging, compilation, and where the ImageNet weights file sits. One list for
@@ -126,12 +129,30 @@ class RunDir:
         if not self.env.is_main:
             return None
         write_yaml(self.path / CONFIG, config_to_dict(self.cfg))
+        self._record_environment()
         if self.state is None:
             truncate_metrics(self.path, 0)
         else:
             truncate_metrics(self.path, int(self.state.get("metrics_rows", -1)), step=self.saved_step)
         self.metrics = MetricsLog(self.path, tensorboard=getattr(self.cfg, "tensorboard", True))
         return self.metrics
+
+    def _record_environment(self) -> None:
+        """RUN/environment.json: the fingerprint of every environment the run trained in, each with the step
+        it started from. A resume in the same environment adds nothing; one elsewhere (another machine, thread
+        count, library or commit) adds an entry, so a result that differs can be traced to it."""
+        path = self.path / ENVIRONMENT
+        entries = []
+        if self.state is not None and path.exists():
+            try:
+                entries = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("%s: unreadable (%s); starting it again", path, exc)
+            entries = entries if isinstance(entries, list) else []
+        now = environment_fingerprint()
+        if not entries or {k: v for k, v in entries[-1].items() if k != "from_step"} != now:
+            entries.append({"from_step": self.saved_step, **now})
+        write_json(path, entries)
 
     def save(self, *, step: int, epoch: int, **items: Any) -> None:
         """Checkpoint (collective under torchrun: every rank's RNG state is gathered). `items`: objects with a
