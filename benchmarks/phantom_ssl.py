@@ -70,17 +70,13 @@ class Readout:
     """The train + val centre views of the cache at one size, their labels and mean intensities."""
 
     def __init__(self, cache: Path, size: int):
-        from torchvision.transforms import v2
-
         from btcxr.data.cache_format import read_manifest
-        from btcxr.data.datasets import load_cache_image
         from btcxr.data.nih import labels_multihot
-        from btcxr.pretrain.views import as_uint8
+        from btcxr.pretrain.monitor import centre_views
 
         rows = read_manifest(cache).sort_values("image_id")
         rows = rows[rows["split"].isin(["train", "val"])]
-        view = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-        self.images = torch.stack([view(as_uint8(load_cache_image(cache / f))) for f in rows["file"]])
+        self.images = centre_views(cache, rows, len(rows), size)
         self.labels = labels_multihot(rows["labels"])
         self.exposure = self.images.float().mean(dim=(1, 2, 3)).numpy()
 
@@ -90,10 +86,10 @@ class Readout:
         from sklearn.preprocessing import StandardScaler
 
         from btcxr.backbones import build_resnet
-        from btcxr.pretrain.views import model_input
+        from btcxr.pretrain.monitor import pooled_features
 
         model = build_resnet("resnet18", init=str(backbone_file)).eval()
-        x = torch.cat([model(model_input(b)) for b in self.images.split(128)]).numpy()
+        x = pooled_features(model, self.images).numpy()
         x = StandardScaler().fit_transform(x)
         pc1 = PCA(1).fit_transform(x)[:, 0]
         return {"cv_auroc": cv_mean_auroc(x, self.labels),

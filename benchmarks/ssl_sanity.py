@@ -68,15 +68,12 @@ def write_shapes_cache(root: Path, n_pretrain: int, n_test: int, size: int, clas
 
 @torch.no_grad()
 def features(backbone_file: Path, cache: Path, files: list[str], size: int) -> np.ndarray:
-    """Pooled ResNet-18 features of the centre views (the images are already size x size)."""
+    """Pooled ResNet-18 features of the centre views, as the pre-training monitors compute them."""
     from btcxr.backbones import build_resnet
-    from btcxr.data.datasets import load_cache_image
-    from btcxr.pretrain.views import as_uint8, model_input
+    from btcxr.pretrain.monitor import centre_views, pooled_features
 
     model = build_resnet("resnet18", init=str(backbone_file)).eval()
-    images = torch.stack([as_uint8(load_cache_image(cache / f)) for f in files])
-    assert images.shape[-1] == size
-    return torch.cat([model(model_input(x)) for x in images.split(256)]).numpy()
+    return pooled_features(model, centre_views(cache, pd.DataFrame({"file": files}), len(files), size)).numpy()
 
 
 def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:

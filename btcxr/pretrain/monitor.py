@@ -13,6 +13,8 @@ metric tied to its training module; both are a few lines of tensor code.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
@@ -72,12 +74,12 @@ class MonitorSet:
     def __init__(self, cache: str, size: int, images: int = 512, bank: int = 1024):
         manifest = read_manifest(cache).sort_values("image_id", kind="stable")
         val = manifest[manifest["split"] == "val"]
-        self.images = _views(cache, val if len(val) else manifest, images, size)
+        self.images = centre_views(cache, val if len(val) else manifest, images, size)
         labelled = manifest["labels"].fillna("").str.strip().ne("")
         train = manifest[(manifest["split"] == "train") & labelled]
         self.bank = self.bank_labels = self.labels = None
         if len(val) and len(train) and labelled[val.index].all():
-            self.bank = _views(cache, train, bank, size)
+            self.bank = centre_views(cache, train, bank, size)
             self.bank_labels = torch.tensor(labels_multihot(train["labels"].iloc[:bank]))
             self.labels = torch.tensor(labels_multihot(val["labels"].iloc[:images]))
 
@@ -92,13 +94,13 @@ class MonitorSet:
         for m in modules:
             m.eval()
         try:
-            feats = _features(backbone, self.images, batch)
+            feats = pooled_features(backbone, self.images, batch)
             row = {"rankme_backbone": rankme(feats)}
             if projector is not None:
                 z = torch.cat([projector(f) for f in feats.split(batch)])
                 row |= {"rankme_projector": rankme(z), "embed_spread": float(embedding_spread(z))}
             if self.bank is not None:
-                row["knn_mean_auroc"] = knn_mean_auroc(_features(backbone, self.bank, batch), self.bank_labels,
+                row["knn_mean_auroc"] = knn_mean_auroc(pooled_features(backbone, self.bank, batch), self.bank_labels,
                                                        feats, self.labels)
         finally:
             for m, mode in zip(modules, modes):
@@ -106,13 +108,15 @@ class MonitorSet:
         return row
 
 
-def _views(cache: str, rows, count: int, size: int) -> torch.Tensor:
-    """(N, 1, size, size) uint8: the shorter side to size, then the centre square, of the first `count` rows."""
+def centre_views(cache: str | Path, rows, count: int, size: int) -> torch.Tensor:
+    """(N, 1, size, size) uint8: the shorter side to size, then the centre square, of the first `count` rows
+    of a manifest frame (its `file` column). Also what the benchmarks probe."""
     view = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
     files = [f"{cache}/{f}" for f in rows["file"].iloc[:count]]
     return torch.stack([view(as_uint8(load_cache_image(f))) for f in files])
 
 
-def _features(backbone: torch.nn.Module, images: torch.Tensor, batch: int) -> torch.Tensor:
+def pooled_features(backbone: torch.nn.Module, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    """The backbone's pooled features (N, D) of uint8 gray images, on the backbone's device, as float32."""
     device = next(backbone.parameters()).device
     return torch.cat([backbone(model_input(x.to(device))).float().cpu() for x in images.split(batch)])
