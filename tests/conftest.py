@@ -1,5 +1,5 @@
-"""Shared fixtures: the real NIH and VinDr annotation files shipped inside the torchxrayvision wheel, and one
-torch thread per test.
+"""Shared fixtures: the real NIH and VinDr annotation files shipped inside the torchxrayvision wheel, one
+torch thread per test, and temporary folders that do not outlive their module.
 
 The session-scoped tables are read once per test session; tests must not modify them (copy first).
 """
@@ -7,6 +7,7 @@ The session-scoped tables are read once per test session; tests must not modify 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_module_folders(request, tmp_path_factory):
+    """Delete the folders a module's fixtures made (tmp_path_factory.mktemp) once the module is done,
+    unless one of its tests failed. The suite writes many checkpoints: kept to the session's end they took
+    15 GB and filled CI's disk. Function-scoped tmp_path folders go with pyproject's retention policy."""
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
