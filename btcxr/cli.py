@@ -13,7 +13,7 @@ from btcxr.logs import setup_logging
 
 # Subcommand name -> module in btcxr.commands, in the order of the pipeline.
 COMMANDS = ["synth", "prepare", "pretrain", "probe", "finetune", "evaluate", "predict", "explain", "browse",
-            "reproduce", "demo", "configs"]
+            "reproduce", "replicate", "demo", "configs"]
 
 log = logging.getLogger("btcxr")
 

@@ -16,10 +16,39 @@ from typing import Any, TypeVar
 
 import yaml
 
-from btcxr.errors import BtcxrError
+from btcxr.errors import BtcxrError, cut
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+# A config expands to a few hundred nodes; a YAML alias bomb ("billion laughs") to billions, which the
+# error messages and saved configs would then spell out.
+MAX_NODES = 100_000
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes `node` stands for once every alias is expanded (counted once per node: the
+    composed graph shares aliased nodes, so this stays linear in the text)."""
+    if id(node) not in memo:
+        memo[id(node)] = 1  # a node that contains itself (a recursive alias) counts once
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        memo[id(node)] = 1 + sum(_expanded_nodes(child, memo) for child in children)
+    return memo[id(node)]
+
+
+def parse_yaml(text: str, what: str) -> Any:
+    """YAML text -> plain data, safely: no tag constructs an object (safe_load), an alias bomb is refused
+    before it expands, and every error names `what` (a file, an override) with long values cut."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and (size := _expanded_nodes(node, {})) > MAX_NODES:
+            raise BtcxrError(f"{what}: its YAML aliases expand to {size:,} values (at most {MAX_NODES:,}): refused")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BtcxrError(f"{what} is not valid YAML: {cut(str(exc), 300)}") from exc
+    except RecursionError as exc:
+        raise BtcxrError(f"{what}: YAML nested too deeply") from exc
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
@@ -31,9 +60,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not path.is_file():
             raise BtcxrError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise BtcxrError(f"config file {path} is not valid YAML: {exc}") from exc
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BtcxrError(f"config file {path} cannot be read as UTF-8 text ({exc})") from exc
+        data = parse_yaml(text, f"config file {path}") or {}
         if not isinstance(data, dict):
             raise BtcxrError(f"config file {path} must hold a mapping at the top level")
         source = str(path)
@@ -45,8 +75,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise BtcxrError(f"override {item!r} must look like key.sub=value")
-        value = yaml.safe_load(raw) if raw != "" else None
+            raise BtcxrError(f"override {cut(item, 100)!r} must look like key.sub=value")
+        value = _override_value(item, raw)
         if key in moved:  # an old key on the command line sets the new one, over the file's value
             new, convert = moved[key]
             log.warning("override %s: config key %s moved to %s; it was read as %s", item, key, new, new)
@@ -56,9 +86,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise BtcxrError(f"override {item!r}: {part} is not a section")
+                raise BtcxrError(f"override {cut(item, 100)!r}: {part} is not a section")
         node[parts[-1]] = value
     return _build(cls, migrate_config_dict(cls, data), source, prefix="")
+
+
+def _override_value(item: str, raw: str) -> Any:
+    """The value of a key=value override, YAML-parsed ("" is null)."""
+    return parse_yaml(raw, f"override {cut(item, 100)!r}") if raw != "" else None
 
 
 def _refuse_old_and_new_overrides(moved: dict, overrides: list[str] | tuple[str, ...]) -> None:
@@ -69,8 +104,8 @@ def _refuse_old_and_new_overrides(moved: dict, overrides: list[str] | tuple[str,
         given[key] = raw
     for old, (new, convert) in moved.items():
         if old in given and new in given:
-            value = yaml.safe_load(given[old]) if given[old] != "" else None
-            if (convert(value) if convert else value) != (yaml.safe_load(given[new]) if given[new] != "" else None):
+            value = _override_value(old, given[old])
+            if (convert(value) if convert else value) != _override_value(new, given[new]):
                 raise BtcxrError(f"config key {old} moved to {new}, and both are set (to different values): "
                                  f"keep {new} only")
 
@@ -140,14 +175,14 @@ def _build(cls: type[T], data: dict[str, Any], source: str, prefix: str) -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise BtcxrError(f"{source}: invalid config {prefix.rstrip('.') or cls.__name__}: {exc}") from exc
+        raise BtcxrError(f"{source}: invalid config {prefix.rstrip('.') or cls.__name__}: {cut(str(exc))}") from exc
 
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise BtcxrError(f"{source}: {key} must be a section (mapping), got {value!r}")
+            raise BtcxrError(f"{source}: {key} must be a section (mapping), got {cut(repr(value))}")
         return _build(hint, value, source, prefix=f"{key}.")
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -163,5 +198,5 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, str, bool) and not isinstance(value, hint):
-        raise BtcxrError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
+        raise BtcxrError(f"{source}: {key} must be {hint.__name__}, got {cut(repr(value))}")
     return value

@@ -5,6 +5,12 @@ class BtcxrError(Exception):
     """A problem with the user's input (file, row, field, option), explained in the message."""
 
 
+def cut(text: str, limit: int = 200) -> str:
+    """A value quoted in an error message, shortened: a huge or hostile value must not flood the terminal."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 # The words of every command's --on-error option: an unreadable input stops the run, or is skipped and listed.
 ON_ERROR = ("stop", "skip")
 # Older spellings still accepted (with a deprecation warning), and the word they stand for.

@@ -267,3 +267,16 @@ def test_loading_a_checkpoint_never_executes_code(tmp_path, loader, name):
     with pytest.raises(BtcxrError):
         loader(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("stem", ["x" * 242, "é" * 120])
+def test_a_name_near_the_file_system_limit_is_written_atomically(tmp_path, stem):
+    """A 255-byte file name leaves no room for a marked temporary name built from all of it."""
+    target = tmp_path / f"{stem}.png"
+    assert len(target.name.encode()) <= 255
+    io.write_bytes(target, b"image")
+    assert target.read_bytes() == b"image" and [p.name for p in tmp_path.iterdir()] == [target.name]
+    leftover = io.temp_name(target)
+    assert len(leftover.name.encode()) <= 255 and io.is_temp_name(leftover.name)
+    leftover.write_bytes(b"half")   # what a killed writer leaves: found again by the file's name
+    assert io.remove_temp_files(tmp_path, target.name) == 1 and not leftover.exists()

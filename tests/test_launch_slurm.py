@@ -188,6 +188,31 @@ def test_bad_launcher_settings_are_refused_with_the_flag_named():
     assert slurm.minutes("24:00") == 1440 and slurm.minutes("1-02:30") == 1590 and slurm.minutes("90") == 90
 
 
+@pytest.mark.parametrize("flag", ["partition", "account", "qos"])
+@pytest.mark.parametrize("value", ["gpu\ntouch /tmp/owned", "gpu; rm -rf ~", "gpu --wrap=id", "", "a" * 5000 + "\n"])
+def test_a_value_that_would_reach_an_sbatch_line_must_be_a_slurm_name(flag, value):
+    """A newline in --partition became its own line of the sbatch script, and ran (issue 24)."""
+    with pytest.raises(BtcxrError, match=f"--{flag} ") as error:
+        slurm.SlurmSettings(**{flag: value})
+    assert len(str(error.value)) < 400   # a huge value is cut in the message
+    assert slurm.SlurmSettings(**{flag: "gpu-a100_x.2"})
+    with pytest.raises(BtcxrError, match="--time"):
+        slurm.SlurmSettings(time="24:00\n#SBATCH --wrap=id")
+
+
+def test_partitions_may_be_a_comma_list():
+    assert slurm.SlurmSettings(partition="gpu,debug").partition == "gpu,debug"
+
+
+@pytest.mark.parametrize("text", ['{"jobs": []}', '{"jobs": {"run": 3}}', '{"jobs": {"run": {"state": "PENDING"}}}',
+                                  '[1, 2]', '{"jobs": {"run": {"job_id": 12}}}'])
+def test_a_ledger_of_the_wrong_shape_is_a_clear_error(tmp_path, text):
+    path = tmp_path / "jobs.json"
+    path.write_text(text)
+    with pytest.raises(BtcxrError, match="is not a job ledger of btcxr"):
+        slurm.Ledger(path)
+
+
 # ----------------------------------------------------------------------- fake SLURM: sbatch scripts
 FAKE_SBATCH = """#!/bin/sh
 # records the script submitit submits, answers as sbatch does

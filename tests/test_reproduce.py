@@ -69,25 +69,27 @@ def test_imagenet_fallback_drops_duplicate_init_and_moves_the_baseline(monkeypat
     plan = make_plan(CONFIGS / "synthetic.yaml", RANDOM_FALLBACK, tmp_path, arch_names={"resnet18"})
     assert plan.inits == {"btcxr": "btcxr", "random": "random"}
     assert plan.baseline == "random"
-    assert "ImageNet weights could not be loaded" in plan.notes[-1]   # after the experiment's own notes
+    assert "ImageNet weights could not be loaded" in plan.notes[-2]   # after the experiment's own notes
     assert all(r.init != "imagenet" for r in grids.detection_runs(plan))
 
 
 def test_shipped_synthetic_experiment_has_every_arm_offline(monkeypatch, tmp_path):
-    """What the README's table rests on: 4 arms with the positive control, >= 3 seeds, a fraction at or
-    below 10 %, both fine-tuning rules there and the probe curve, with the stand-in in place of ImageNet."""
+    """What the README's tables rest on: 4 arms with the positive control, >= 3 seeds that each pre-train
+    their own arms, a fraction at or below 10 % and the probe curve, with the stand-in in place of ImageNet."""
     _no_imagenet(monkeypatch)
     # planned as a launcher does: the stand-in's data and pre-training are noted as to do, not run
     plan = make_plan(CONFIGS / "synthetic.yaml", (), tmp_path, arch_names={"resnet18"})
     exp = plan.exp
     assert upstream_pending(plan) == {"data", "pretrain"} and not (tmp_path / "data").exists()
     assert plan.inits == {"random": "random", "imagenet": "imagenet", "btcxr": "btcxr", "supervised": "supervised"}
-    assert plan.imagenet_replaced is None and "stand-in" in plan.notes[-1]
-    assert [p.name for p in plan.pretrainings] == ["pretrain_natural", "pretrain", "pretrain_supervised"]
+    assert plan.imagenet_replaced is None and "stand-in" in plan.notes[-2]
+    # every seed pre-trains its own stand-in, ours and positive control (issue 23)
+    assert exp.pretrain_per_seed and [p.name for p in plan.pretrainings] == [
+        f"{name}_seed{s}" for s in exp.seeds for name in ("pretrain_natural", "pretrain", "pretrain_supervised")]
+    assert "Seeds replicate whole arms" in plan.notes[-1]
     assert len(exp.seeds) >= 3 and min(exp.fractions) <= 0.1 and exp.probe.curve_fraction
     runs = [r.run for r in grids.detection_runs(plan)]
-    assert {r.rule for r in runs if r.fraction == min(exp.fractions)} == {"paper", "all"}
-    assert len(runs) == 44
+    assert {r.rule for r in runs} == {"paper"} and len(runs) == 4 * 2 * 4
 
 
 def test_imagenet_fallback_replaces_when_random_is_not_compared(monkeypatch, tmp_path):
@@ -384,19 +386,25 @@ class FakePretrain:
         return out / "backbone.pth"
 
 
-def test_offline_arms_stand_in_for_imagenet_and_add_the_positive_control(tmp_path, monkeypatch):
-    _no_imagenet(monkeypatch)
+def _offline_arms_experiment(tmp_path, **extra):
+    """The four arms on faked stages: the stand-in, ours and the positive control pre-trained here."""
     exp_path = _fake_experiment(
         tmp_path, inits="{random: random, imagenet: imagenet, btcxr: btcxr, supervised: supervised}",
-        imagenet_fallback="natural", baseline="random", seeds="[0]", fractions="[1.0]",
+        imagenet_fallback="natural", baseline="random",
         cross_domain="{n: 6, size: 48, cache_size: 32, overrides: [optim.epochs=3]}",
-        supervised="{overrides: [optim.epochs=5]}")
+        supervised="{overrides: [optim.epochs=5]}", **extra)
     text = exp_path.read_text().replace(f"pretrain: {{backbone: {tmp_path / 'backbone.pth'}}}",
                                         f"pretrain: {{config: {CONFIGS.parent / 'pretrain' / 'demo.yaml'}, "
                                         "overrides: [model.init=imagenet]}")
     text = text.replace(f"data: {{vindr_cache: {tmp_path / 'cache'}}}",
                         f"data: {{vindr_cache: {tmp_path / 'cache'}, nih_cache: {tmp_path / 'nih'}}}")
     exp_path.write_text(text)
+    return exp_path
+
+
+def test_offline_arms_stand_in_for_imagenet_and_add_the_positive_control(tmp_path, monkeypatch):
+    _no_imagenet(monkeypatch)
+    exp_path = _offline_arms_experiment(tmp_path, seeds="[0]", fractions="[1.0]")
     pre, fine, inits = FakePretrain(), FakeFinetune(), {}
 
     def finetune(cfg, out_dir, resume=False):
@@ -429,6 +437,55 @@ def test_offline_arms_stand_in_for_imagenet_and_add_the_positive_control(tmp_pat
     fine.calls.clear()
     assert launcher.reproduce(exp_path, out=out, workers=1) == index  # nothing is redone
     assert pre.calls == [] and fine.calls == []
+
+
+def test_per_seed_pretraining_replicates_every_pretrained_arm_with_its_seed(tmp_path, monkeypatch):
+    """pretrain_per_seed: each seed pre-trains the stand-in, ours and the positive control anew with its
+    own seed, ours and the control start from that seed's stand-in, and each run fine-tunes its seed's."""
+    _no_imagenet(monkeypatch)
+    exp_path = _offline_arms_experiment(tmp_path, seeds="[3, 5]", fractions="[1.0]", pretrain_per_seed="true")
+    seeds, inits = {}, {}
+    pre, fine = FakePretrain(), FakeFinetune()
+
+    def pretrain(cfg, out_dir, resume=False):
+        seeds[Path(out_dir).name] = cfg.seed
+        return pre(cfg, out_dir, resume)
+
+    def finetune(cfg, out_dir, resume=False):
+        inits[Path(out_dir).name] = (cfg.model.init, cfg.seed)
+        return fine(cfg, out_dir, resume)
+
+    monkeypatch.setattr("btcxr.pretrain.run.pretrain", pretrain)
+    monkeypatch.setattr("btcxr.detect.train.finetune", finetune)
+    out = tmp_path / "out"
+    plan = make_plan(exp_path, (), out)
+    assert [p.name for p in plan.pretrainings] == [f"{name}_seed{s}" for s in (3, 5) for name in
+                                                   ("pretrain_natural", "pretrain", "pretrain_supervised")]
+    assert "Seeds replicate whole arms" in plan.notes[-1] and "pre-training variance" in plan.notes[-1]
+    index = launcher.reproduce(exp_path, out=out, workers=1)
+
+    assert seeds == {p.name: p.seed for p in plan.pretrainings}  # each pre-trains with its own seed
+    calls = {c["run"]: c for c in pre.calls}
+    for s in (3, 5):
+        natural = str(out / f"pretrain_natural_seed{s}" / "backbone.pth")
+        assert calls[f"pretrain_natural_seed{s}"]["init"] == "random"
+        assert calls[f"pretrain_seed{s}"]["init"] == calls[f"pretrain_supervised_seed{s}"]["init"] == natural
+        assert inits[f"det_imagenet_s96_f1_seed{s}"] == (natural, s)
+        assert inits[f"det_btcxr_s96_f1_seed{s}"] == (str(out / f"pretrain_seed{s}" / "backbone.pth"), s)
+        assert inits[f"det_supervised_s96_f1_seed{s}"] == (str(out / f"pretrain_supervised_seed{s}" / "backbone.pth"), s)
+        assert inits[f"det_random_s96_f1_seed{s}"] == ("random", s)
+    # a seed's runs inherit that seed's pre-training in their fingerprint: only they redo when it changes
+    keys = {r.run_id: r.key for r in plan.runs}
+    assert keys["det_btcxr_s96_f1_seed3"] != keys["det_btcxr_s96_f1_seed5"]
+    assert "Seeds replicate whole arms" in index.read_text()
+
+
+def test_shared_pretraining_says_its_seeds_leave_pretraining_variance_out(monkeypatch, tmp_path):
+    _no_imagenet(monkeypatch)
+    plan = make_plan(_offline_arms_experiment(tmp_path), (), tmp_path / "out")
+    assert [p.name for p in plan.pretrainings] == ["pretrain_natural", "pretrain", "pretrain_supervised"]
+    assert all(p.seed is None for p in plan.pretrainings)
+    assert "leave out the variance of pre-training" in plan.notes[-1]
 
 
 def test_the_fine_tuning_rule_is_a_factor_of_the_grid(tmp_path, monkeypatch):

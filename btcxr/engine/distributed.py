@@ -64,11 +64,15 @@ def is_main_rank() -> bool:
 @contextlib.contextmanager
 def distributed_session(device: str = "auto") -> Iterator[DistEnv]:
     """`init_distributed` for the length of a command; the group is torn down only by the code that made
-    it (a caller that set up its own group, e.g. a test, keeps it)."""
+    it (a caller that set up its own group, e.g. a test, keeps it). The run folders locked during the
+    command are given back at its end."""
+    from btcxr.engine.lock import released_on_exit
+
     owns_group = not (dist.is_available() and dist.is_initialized())
     env = init_distributed(device)
     try:
-        yield env
+        with released_on_exit():  # the run folders this command locked
+            yield env
     finally:
         if owns_group and env.distributed and dist.is_initialized():
             dist.destroy_process_group()

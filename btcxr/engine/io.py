@@ -21,9 +21,15 @@ from btcxr.errors import BtcxrError
 TEMP_MARK = ".tmp"
 
 
+def _temp_prefix(name: str) -> str:
+    """The start of the temporary names of file `name`: at most 100 bytes of it, so that a long name (an
+    image id of 242 characters) still gives a temporary name within the 255 bytes of a file name."""
+    return "." + name.encode()[:100].decode(errors="ignore")
+
+
 def temp_name(path: Path) -> Path:
     """A hidden, marked name in the same directory as `path` (os.replace is only atomic within one)."""
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f"{_temp_prefix(path.name)}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def is_temp_name(name: str) -> bool:
@@ -126,7 +132,7 @@ def remove_temp_files(folder: str | Path, name: str | None = None) -> int:
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    prefix = f".{name}" if name else None
+    prefix = _temp_prefix(name) if name else None
     removed = 0
     for entry in folder.iterdir():
         if entry.is_file() and is_temp_name(entry.name) and (prefix is None or entry.name.startswith(prefix)):

@@ -35,7 +35,8 @@ from btcxr.engine.checkpoint import (
 )
 from btcxr.engine.distributed import DistEnv, barrier
 from btcxr.engine.fingerprint import environment_fingerprint
-from btcxr.engine.io import ensure_dir, remove_temp_files, write_json, write_yaml
+from btcxr.engine.io import remove_temp_files, write_json, write_yaml
+from btcxr.engine.lock import hold
 from btcxr.engine.runlog import MetricsLog, truncate_metrics
 from btcxr.errors import BtcxrError
 
@@ -65,7 +66,7 @@ class RunDir:
         self.path, self.cfg, self.env, self.kind = Path(path), cfg, env, kind
         self.checkpoint = self.path / CHECKPOINT
         if env.is_main:
-            ensure_dir(self.path, "run directory")
+            hold(self.path, "run directory")  # a second process on this folder is refused
             # A write killed part-way leaves only its temporary file (the rename never happened).
             removed = remove_temp_files(self.path)
             if removed:

@@ -32,11 +32,12 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------- configs
-def init_spec(plan: Plan, name: str) -> tuple[str, str | None]:
-    """(model init, ImageNet weights file) of an init name of the experiment."""
+def init_spec(plan: Plan, name: str, seed: int) -> tuple[str, str | None]:
+    """(model init, ImageNet weights file) of an init name of the experiment at a seed of the grid."""
     spec = plan.inits[name]
-    if spec in plan.backbones:  # pre-trained in this experiment (ours, the positive control, the stand-in)
-        return str(plan.backbones[spec]), None
+    backbone = plan.backbone(spec, seed)
+    if backbone is not None:  # pre-trained in this experiment (ours, the positive control, the stand-in)
+        return str(backbone), None
     if spec == "imagenet":
         return "imagenet", plan.exp.imagenet_weights_file
     return spec, None
@@ -44,7 +45,7 @@ def init_spec(plan: Plan, name: str) -> tuple[str, str | None]:
 
 def _run_overrides(plan: Plan, init: str, fraction: float, seed: int) -> list[str]:
     """What a fine-tuning and a probe run of the grid set alike (one config vocabulary for both)."""
-    model_init, weights = init_spec(plan, init)
+    model_init, weights = init_spec(plan, init, seed)
     overrides = [f"data.fraction={fraction}", f"seed={seed}", f"model.init={model_init}"]
     if weights:
         overrides.append(f"model.weights_file={weights}")
@@ -80,8 +81,9 @@ RUN_CONFIGS = {"detection": detection_config, "probe": probe_config, "probe_curv
 
 
 def run_key(plan: Plan, init: str, cfg) -> str:
-    """The run's config plus what it inherits: the data, and the pre-training behind its init."""
-    backbone = plan.backbone_keys.get(plan.inits.get(init, ""))
+    """The run's config plus what it inherits: the data, and the pre-training behind its init (at the
+    run's seed)."""
+    backbone = plan.backbone_key(plan.inits.get(init, ""), cfg.seed)
     return fingerprint({"settings": config_to_dict(cfg), "data": plan.data_key, "backbone": backbone})
 
 
@@ -110,14 +112,15 @@ def probe_runs(plan: Plan) -> list[GridRun]:
 
 def curve_runs(plan: Plan) -> list[GridRun]:
     """The probe curve, from disk: each intermediate backbone (backbone_step<k>.pth) of each init
-    pre-trained in this experiment, by init then step."""
+    pre-trained in this experiment (the first seed's pre-training), by init then step."""
     probe = plan.exp.probe
     if not (probe.enabled and probe.curve_fraction):
         return []
     runs = []
     for init, spec in plan.inits.items():
-        if spec in plan.backbones:
-            for path in plan.backbones[spec].parent.glob("backbone_step*.pth"):
+        backbone = plan.backbone(spec, plan.exp.seeds[0])
+        if backbone is not None:
+            for path in backbone.parent.glob("backbone_step*.pth"):
                 runs.append(CurveRun(init, int(path.stem.removeprefix("backbone_step")), path))
     return [grid_run(plan, r) for r in sorted(runs, key=lambda r: (r.init, r.step))]
 

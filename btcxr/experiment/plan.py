@@ -86,14 +86,22 @@ class CachePrep:
     lock: str                        # data | natural
 
 
+def slot(spec: str, seed: int | None = None) -> str:
+    """The key of a backbone in the plan: the init spec, and the seed whose own pre-training made it
+    (None: one pre-training that every seed shares)."""
+    return spec if seed is None else f"{spec}@seed{seed}"
+
+
 @dataclass(frozen=True)
 class Pretraining:
-    """One pre-training of the experiment: OUT/<name>, whose backbone.pth stands for init spec `spec`."""
-    name: str                        # pretrain_natural | pretrain | pretrain_supervised
+    """One pre-training of the experiment: OUT/<name>, whose backbone.pth stands for init spec `spec`
+    (at `seed` only, when every seed pre-trains its own: experiment option pretrain_per_seed)."""
+    name: str                        # pretrain_natural | pretrain | pretrain_supervised [_seed<k>]
     spec: str                        # imagenet (the stand-in) | btcxr | supervised
     cfg: Any                         # its PretrainConfig (a copy goes to the trainer)
     key: str
     run_dir: Path
+    seed: int | None = None          # the grid's seed it belongs to; None: shared by every seed
 
     @property
     def backbone(self) -> Path:
@@ -141,8 +149,8 @@ class Plan:
     syntheses: tuple[Synthesis, ...]         # the data stage's work
     caches: tuple[CachePrep, ...]
     pretrainings: tuple[Pretraining, ...]    # the pre-training stage's work, in order
-    backbones: FrozenDict[str, Path]         # init spec -> the backbone file a pre-training behind it writes
-    backbone_keys: FrozenDict[str, str]      # init spec -> fingerprint of that pre-training (or file)
+    backbones: FrozenDict[str, Path]         # slot(spec, seed) -> the backbone file a pre-training behind it writes
+    backbone_keys: FrozenDict[str, str]      # slot(spec, seed) -> fingerprint of that pre-training (or file)
     configs: FrozenDict[str, Path]           # the configs the report shows: name -> config.yaml
     runs: tuple[GridRun, ...] = ()           # the grid (detection, then probe runs), in a stable order
 
@@ -155,6 +163,14 @@ class Plan:
     def config(self, path: str, kind: str) -> Path | None:
         """A stage config the experiment names (see `stage_config`)."""
         return stage_config(self.exp_path, path, kind)
+
+    def backbone(self, spec: str, seed: int | None = None) -> Path | None:
+        """The backbone file init spec `spec` uses at `seed`: that seed's own pre-training, else the one
+        every seed shares (None: the spec is not pre-trained or given in this experiment)."""
+        return self.backbones.get(slot(spec, seed), self.backbones.get(spec))
+
+    def backbone_key(self, spec: str, seed: int | None = None) -> str | None:
+        return self.backbone_keys.get(slot(spec, seed), self.backbone_keys.get(spec))
 
     def run_dir(self, run_id: str) -> Path:
         return self.out / "runs" / run_id

@@ -18,7 +18,7 @@ from btcxr.config import config_to_dict, load_config
 from btcxr.engine.run import CHECKPOINT, CONFIG
 from btcxr.errors import BtcxrError
 from btcxr.experiment.markers import Role, is_done, mark_done, must_run, stage_lock
-from btcxr.experiment.plan import CachePrep, FrozenDict, Plan, Pretraining, Synthesis, stage_config
+from btcxr.experiment.plan import CachePrep, FrozenDict, Plan, Pretraining, Synthesis, slot, stage_config
 from btcxr.experiment.spec import Experiment, fingerprint
 
 log = logging.getLogger(__name__)
@@ -115,39 +115,15 @@ class PretrainPlan:
 def plan_pretrainings(exp: Experiment, exp_path: Path, out: Path, choice: InitChoice, *, nih_cache: Path | None,
                       data_key: str, natural: tuple[Synthesis, CachePrep] | None = None) -> PretrainPlan:
     """The stand-in (when `natural` is given), our pre-training ("btcxr", unless a backbone file is given)
-    and the positive control ("supervised"), each when compared: their configs and fingerprints."""
+    and the positive control ("supervised"), each when compared: their configs and fingerprints. Once for
+    all seeds, or with exp.pretrain_per_seed once per seed of the grid, with that seed (the stand-in of a
+    seed is where that seed's other pre-trainings start)."""
     from btcxr.pretrain.config import PretrainConfig
 
     pretrainings: list[Pretraining] = []
     backbones: dict[str, Path] = {}
     keys: dict[str, str] = {}
     configs: dict[str, Path] = {}
-
-    def add(name: str, spec: str, cfg, data: str) -> None:
-        settings = {"config": config_to_dict(cfg), "data": data}
-        if "imagenet" in backbones and cfg.model.init == str(backbones["imagenet"]):
-            settings["start"] = keys["imagenet"]  # a redone stand-in redoes what starts from it
-        unit = Pretraining(name, spec, cfg, fingerprint(settings), out / name)
-        pretrainings.append(unit)
-        backbones[spec], keys[spec] = unit.backbone, unit.key
-
-    def start(cfg):
-        """A pre-training that starts from ImageNet starts from whatever stands in for it here."""
-        if cfg.model.init == "imagenet":
-            if "imagenet" in backbones:
-                cfg.model.init = str(backbones["imagenet"])
-            elif choice.replaced:
-                cfg.model.init = choice.replaced
-            elif exp.imagenet_weights_file:
-                cfg.model.weights_file = exp.imagenet_weights_file
-        return cfg
-
-    base = stage_config(exp_path, exp.pretrain.config, "pretrain")
-    if natural is not None:  # the ImageNet stand-in: Barlow Twins from random init on the dead-leaves cache
-        cd, (synthesis, cache) = exp.cross_domain, natural
-        cfg = load_config(PretrainConfig, stage_config(exp_path, cd.config or exp.pretrain.config, "pretrain"),
-                          [*exp.pretrain.overrides, *cd.overrides, f"data.cache={cache.path}", "model.init=random"])
-        add("pretrain_natural", "imagenet", cfg, synthesis.key)
     specs = set(choice.inits.values())
     if "btcxr" in specs and exp.pretrain.backbone:
         path = Path(exp.pretrain.backbone)
@@ -156,17 +132,47 @@ def plan_pretrainings(exp: Experiment, exp_path: Path, out: Path, choice: InitCh
         stat = path.stat()
         backbones["btcxr"] = path
         keys["btcxr"] = fingerprint({"file": str(path), "bytes": stat.st_size, "mtime": stat.st_mtime})
-    elif "btcxr" in specs:
-        cfg = load_config(PretrainConfig, base, [*exp.pretrain.overrides, f"data.cache={nih_cache}"])
-        configs["pretrain"] = out / "pretrain" / CONFIG
-        add("pretrain", "btcxr", start(cfg), data_key)
-    if "supervised" in specs:
-        section = exp.supervised
-        cfg = load_config(PretrainConfig, stage_config(exp_path, section.config, "pretrain") or base,
-                          [*exp.pretrain.overrides, "method=supervised", *section.overrides,
-                           f"data.cache={nih_cache}"])
-        configs["pretrain (supervised)"] = out / "pretrain_supervised" / CONFIG
-        add("pretrain_supervised", "supervised", start(cfg), data_key)
+
+    shown = {"btcxr": "pretrain", "supervised": "pretrain (supervised)"}  # the configs the report shows
+
+    def add(name: str, spec: str, config: Path | None, overrides: list[str], data: str, seed: int | None) -> None:
+        cfg = start(load_config(PretrainConfig, config, [*overrides, *([f"seed={seed}"] if seed is not None else [])]),
+                    seed)
+        settings = {"config": config_to_dict(cfg), "data": data}
+        stand_in = slot("imagenet", seed)
+        if stand_in in backbones and cfg.model.init == str(backbones[stand_in]):
+            settings["start"] = keys[stand_in]  # a redone stand-in redoes what starts from it
+        name = name if seed is None else f"{name}_seed{seed}"
+        unit = Pretraining(name, spec, cfg, fingerprint(settings), out / name, seed)
+        pretrainings.append(unit)
+        backbones[slot(spec, seed)], keys[slot(spec, seed)] = unit.backbone, unit.key
+        if spec in shown and seed in (None, exp.seeds[0]):  # per seed: the first seed's config
+            configs[shown[spec]] = unit.run_dir / CONFIG
+
+    def start(cfg, seed: int | None):
+        """A pre-training that starts from ImageNet starts from whatever stands in for it here."""
+        if cfg.model.init == "imagenet":
+            if slot("imagenet", seed) in backbones:
+                cfg.model.init = str(backbones[slot("imagenet", seed)])
+            elif choice.replaced:
+                cfg.model.init = choice.replaced
+            elif exp.imagenet_weights_file:
+                cfg.model.weights_file = exp.imagenet_weights_file
+        return cfg
+
+    base = stage_config(exp_path, exp.pretrain.config, "pretrain")
+    for seed in exp.seeds if exp.pretrain_per_seed else [None]:
+        if natural is not None:  # the ImageNet stand-in: Barlow Twins from random init on the dead-leaves cache
+            cd, (synthesis, cache) = exp.cross_domain, natural
+            add("pretrain_natural", "imagenet", stage_config(exp_path, cd.config or exp.pretrain.config, "pretrain"),
+                [*exp.pretrain.overrides, *cd.overrides, f"data.cache={cache.path}", "model.init=random"],
+                synthesis.key, seed)
+        if "btcxr" in specs and not exp.pretrain.backbone:
+            add("pretrain", "btcxr", base, [*exp.pretrain.overrides, f"data.cache={nih_cache}"], data_key, seed)
+        if "supervised" in specs:
+            add("pretrain_supervised", "supervised", stage_config(exp_path, exp.supervised.config, "pretrain") or base,
+                [*exp.pretrain.overrides, "method=supervised", *exp.supervised.overrides, f"data.cache={nih_cache}"],
+                data_key, seed)
     return PretrainPlan(tuple(pretrainings), FrozenDict(backbones), FrozenDict(keys), FrozenDict(configs))
 
 

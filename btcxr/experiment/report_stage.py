@@ -48,9 +48,12 @@ def ground_truth_note(plan: Plan) -> list[str]:
 
 
 def monitor_rows(plan: Plan) -> pd.DataFrame:
-    """The monitor rows of every pre-training of the plan, named by the init(s) that use its backbone."""
+    """The monitor rows of every pre-training of the plan (with one per seed: the first seed's), named by the
+    init(s) that use its backbone."""
     frames = []
     for pre in plan.pretrainings:
+        if pre.seed not in (None, plan.exp.seeds[0]):
+            continue
         names = [name for name, spec in plan.inits.items() if spec == pre.spec] or [pre.spec]
         rows = read_metrics(pre.run_dir, "monitor")
         if rows:

@@ -32,7 +32,7 @@ from typing import Any
 
 from btcxr.config import config_to_dict, save_config
 from btcxr.engine.io import ensure_dir, write_json
-from btcxr.errors import BtcxrError
+from btcxr.errors import BtcxrError, cut
 from btcxr.experiment.data_stage import prepare_data
 from btcxr.experiment.grids import curve_runs, finished_runs, grid_runs, run_grid_run
 from btcxr.experiment.markers import Role
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
           "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "UNKNOWN"}
 CLUSTERS = ("slurm", "local", "debug")  # local and debug: submitit's executors without a cluster (tests)
+# What SLURM accepts as a partition, account or QOS name (partitions may be a comma list): anything else,
+# a newline above all, would reach an #SBATCH line of the generated script and could run there.
+SLURM_NAME = re.compile(r"[A-Za-z0-9_.\-]+(?:,[A-Za-z0-9_.\-]+)*")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ class SlurmSettings:
             raise BtcxrError(f"--gpus-per-task {self.gpus_per_task}, --nodes {self.nodes}, --array-parallelism "
                              f"{self.array_parallelism}, --cpus-per-task {self.cpus_per_task}: need gpus >= 0 "
                              "and the others >= 1")
+        for flag, value in (("--partition", self.partition), ("--account", self.account), ("--qos", self.qos)):
+            if value is not None and not SLURM_NAME.fullmatch(value):
+                raise BtcxrError(f"{flag} {cut(value)!r}: a SLURM name has only letters, digits and _ . - "
+                                 "(partitions: a comma-separated list)")
         minutes(self.time)
 
     @property
@@ -75,13 +82,13 @@ class SlurmSettings:
 
 def minutes(text: str) -> int:
     """SLURM's time limit forms HH:MM, D-HH:MM and MM -> minutes."""
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d{2}))?", text.strip())
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d{2}))?", text)
     if not match or (match[1] and not match[3]):
-        raise BtcxrError(f"--time {text!r}: expected HH:MM (e.g. 24:00), D-HH:MM or minutes")
+        raise BtcxrError(f"--time {cut(text)!r}: expected HH:MM (e.g. 24:00), D-HH:MM or minutes")
     days, first, second = int(match[1] or 0), int(match[2]), match[3]
     total = days * 1440 + (first * 60 + int(second) if second is not None else first)
     if total < 1:
-        raise BtcxrError(f"--time {text!r}: the time limit must be at least one minute")
+        raise BtcxrError(f"--time {cut(text)!r}: the time limit must be at least one minute")
     return total
 
 
@@ -158,10 +165,14 @@ class Ledger:
         self.entries: dict[str, dict[str, Any]] = {}
         if path.exists():
             try:
-                self.entries = json.loads(path.read_text())["jobs"]
+                entries = json.loads(path.read_text())["jobs"]
+                if not isinstance(entries, dict) or not all(
+                        isinstance(e, dict) and isinstance(e.get("job_id"), str) for e in entries.values()):
+                    raise ValueError("'jobs' must map each unit to an entry with a job_id")
+                self.entries = entries
             except (ValueError, KeyError, TypeError) as exc:
-                raise BtcxrError(f"{path} is not a job ledger of btcxr ({exc}); move it aside to launch "
-                                 "afresh (running jobs are then not known to the launcher)") from exc
+                raise BtcxrError(f"{path} is not a job ledger of btcxr ({cut(str(exc))}); move it aside to "
+                                 "launch afresh (running jobs are then not known to the launcher)") from exc
 
     def job_id(self, unit: str) -> str | None:
         return self.entries.get(unit, {}).get("job_id")

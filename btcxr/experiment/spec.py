@@ -104,6 +104,10 @@ class Experiment:
     sizes: list[int] = field(default_factory=lambda: [640])
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # true: every seed pre-trains each pre-trained arm anew with that seed (the stand-in, ours, the
+    # positive control), so that intervals and paired tests include the variance of pre-training; false:
+    # one pre-training per arm, shared by every seed (the seeds then measure fine-tuning noise only).
+    pretrain_per_seed: bool = False
     detection: bool = True
     localisation: LocalisationSection = field(default_factory=LocalisationSection)
     probe: ProbeSection = field(default_factory=ProbeSection)

@@ -58,7 +58,8 @@ def make_plan(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                                            natural=natural)
     plan = Plan(exp=exp, exp_path=exp_path, out=out, workers=workers, inits=choice.inits, baseline=choice.baseline,
                 renamed=choice.renamed, imagenet_replaced=choice.replaced,
-                notes=(*exp.notes, *([choice.note] if choice.note else [])), data_key=data_key,
+                notes=(*exp.notes, *([choice.note] if choice.note else []), variance_note(exp, pre.pretrainings)),
+                data_key=data_key,
                 vindr_cache=vindr_cache, nih_cache=nih_cache, syntheses=syntheses, caches=caches,
                 pretrainings=pre.pretrainings, backbones=pre.backbones, backbone_keys=pre.backbone_keys,
                 configs={"experiment": out / EXPERIMENT, **pre.configs})
@@ -69,6 +70,23 @@ def make_plan(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         if first is not None:
             shown[name] = plan.run_dir(first.run_id) / CONFIG
     return dataclasses.replace(plan, configs={**plan.configs, **shown}, runs=runs)
+
+
+def variance_note(exp, pretrainings) -> str:
+    """What the seeds of the grid vary, so the report's intervals and p-values can be read for what they are."""
+    fixed = "the data (images, split and label subsets) are the same for every seed"
+    if exp.data.synthetic:
+        fixed = f"the synthetic data (one sample, data.synthetic.seed {exp.data.synthetic.seed}), its split and label subsets are the same for every seed"
+    tuning = "fine-tuning and probe runs (head init, batch order, augmentation)"
+    if not pretrainings:
+        return f"Seeds vary the {tuning}; {fixed}."
+    if exp.pretrain_per_seed:
+        return (f"Seeds replicate whole arms: each seed pre-trains every pre-trained arm anew with that seed "
+                f"(projector or head init, views, batch order; the stand-in also its backbone init) and then "
+                f"seeds its {tuning}, so intervals and paired tests include pre-training variance; {fixed}.")
+    return (f"Seeds vary only the {tuning}: each pre-trained arm was pre-trained once and every seed starts "
+            f"from that one backbone, so intervals and p-values leave out the variance of pre-training "
+            f"(pretrain_per_seed: true includes it); {fixed}.")
 
 
 def run_upstream(plan: Plan, role: Role) -> None:

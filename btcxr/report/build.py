@@ -91,7 +91,7 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
     for stale in fig_dir.glob("*.png"):   # a rebuilt report must not show figures of an earlier build
         stale.unlink()
     notes = list(notes)
-    runs = _usable_runs(results, notes)
+    runs = usable_runs(results, notes)
     det = runs[runs["kind"] == "detection"]
     probe = runs[runs["kind"] == "probe"]
     order = init_order(runs["init"].tolist(), baseline, candidate)
@@ -103,7 +103,7 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
     page = H.Page(TITLE, _overview(det, probe, baseline), footer=f"Written by btcxr build_report on {stamp}.")
     rep = _Report(page)
     det_summary = seed_summary(det, "map50", ["size", "fraction"], baseline, order)
-    probe_group = _probe_group(probe)
+    probe_group = probe_settings(probe)
     probe_summary = seed_summary(probe, "mean_auroc", probe_group, baseline, order)
 
     _summary_section(rep, det, probe, probe_group, order, _comparisons(order, baseline, candidate))
@@ -130,7 +130,7 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def _usable_runs(results: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+def usable_runs(results: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     """Finished detection and probe runs; anything else is left out with a note saying how many."""
     missing = [c for c in REQUIRED if c not in results.columns]
     if missing:
@@ -163,7 +163,7 @@ def _usable_runs(results: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     return runs.reset_index(drop=True)
 
 
-def _probe_group(probe: pd.DataFrame) -> list[str]:
+def probe_settings(probe: pd.DataFrame) -> list[str]:
     """Probe settings: the mode and label fraction (and input size where several were run)."""
     group = ["fraction"]
     if "size" in probe and probe["size"].nunique() > 1:
