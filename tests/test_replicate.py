@@ -58,6 +58,11 @@ def test_each_run_is_tested_on_its_own_seeds_and_the_verdict_needs_every_run():
     probe = table[table["kind"] == "probe"].set_index("init")
     assert probe.loc["supervised", "verdict"] == HIGHER and "freeze" in probe.loc["supervised", "setting"]
 
+    # a setting where one run has no baseline run: no paired test there, hence no conclusion
+    b_partial = b[~((b["kind"] == "probe") & (b["init"] == "random"))]
+    probe = compare_runs({"A": a, "B": b_partial}, "random").query("kind == 'probe'").set_index("init")
+    assert probe.loc["supervised", "B seeds"] == 0 and probe.loc["supervised", "verdict"] == NOT_REPLICATED
+
     both_noise = compare_runs({"A": _results([0, 1, 2, 3], {"btcxr": NOISE}),
                                "B": _results([4, 5, 6, 7], {"btcxr": NOISE})}, "random")
     assert set(both_noise["verdict"]) == {NONE_FOUND}

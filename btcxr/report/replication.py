@@ -95,7 +95,8 @@ def compare_runs(tables: Mapping[str, pd.DataFrame], baseline: str, alpha: float
                 p_values.append(float(r["p_value"]))
                 row |= {f"{name} mean": r["mean"], f"{name} diff": r["diff_vs_baseline"],
                         f"{name} diff_lo": r["diff_ci_lo"], f"{name} diff_hi": r["diff_ci_hi"],
-                        f"{name} p": r["p_value"], f"{name} mde": r["mde"], f"{name} seeds": int(r["n_pairs"])}
+                        f"{name} p": r["p_value"], f"{name} mde": r["mde"],
+                        f"{name} seeds": int(r["n_pairs"]) if pd.notna(r["n_pairs"]) else 0}
             row["verdict"] = verdict(diffs, p_values, alpha)
             rows.append(row)
     if not rows:
