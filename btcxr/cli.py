@@ -8,12 +8,14 @@ import logging
 import sys
 
 from btcxr import __version__
+from btcxr.commands.common import add_verbosity, deprecated_flags
+from btcxr.engine.lock import released_on_exit
 from btcxr.errors import BtcxrError
 from btcxr.logs import setup_logging
 
 # Subcommand name -> module in btcxr.commands, in the order of the pipeline.
 COMMANDS = ["synth", "prepare", "pretrain", "probe", "finetune", "evaluate", "predict", "explain", "browse",
-            "reproduce", "replicate", "demo", "configs"]
+            "export", "reproduce", "replicate", "demo", "configs"]
 
 log = logging.getLogger("btcxr")
 
@@ -40,10 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for command in sub.choices.values():
+        add_verbosity(command)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed (argparse's usage error and exit 2 when it does not parse); runs nothing."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may stand on either side of options (`--config F a=1 --out X b=2`).
@@ -51,9 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     setup_logging(args.verbosity)
+    for warning in deprecated_flags(args):
+        log.warning("%s", warning)
     try:
-        result = args.func(args)
+        with released_on_exit():  # run folders this command locked are given back when it ends
+            result = args.func(args)
     except BtcxrError as exc:
         log.error("%s", exc)
         return 2

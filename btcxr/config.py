@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from btcxr.errors import BtcxrError, cut
+from btcxr.errors import BtcxrError, cut, did_you_mean
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -168,7 +168,9 @@ def _build(cls: type[T], data: dict[str, Any], source: str, prefix: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise BtcxrError(f"{source}: unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(fields))})")
+        hint = did_you_mean(f"{prefix}{unknown[0]}", [f"{prefix}{f}" for f in fields])
+        raise BtcxrError(f"{source}: unknown config key {prefix}{cut(unknown[0])}{hint} (known: "
+                         f"{', '.join(sorted(fields))})")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, source, f"{prefix}{name}")

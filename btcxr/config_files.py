@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from btcxr.errors import BtcxrError
+from btcxr.errors import BtcxrError, did_you_mean
 
 # A real folder in a clone and in an installed wheel alike: pip unpacks a wheel onto the disk (it is never
 # imported from a zip), so this is a plain directory, and `../pretrain/demo.yaml` inside an experiment file
@@ -86,7 +86,11 @@ def _packaged(name: str, kind: str | None, looked_in: str | None) -> Path:
         raise BtcxrError(f"{what} as a name it is ambiguous: it could be {', '.join(candidates[:-1])} or "
                          f"{candidates[-1]}; give one of them")
     named_kind = stem.split("/", 1)[0] if stem.split("/", 1)[0] in KINDS else kind
-    raise BtcxrError(f"{what} it is not a packaged config name. {_known_names(known, named_kind)}")
+    names = [n if "/" in stem or named_kind is None else n.split("/", 1)[1] for n in known
+             if named_kind is None or n.split("/", 1)[0] == named_kind]
+    hint = did_you_mean(stem, names).strip()
+    raise BtcxrError(f"{what} it is not a packaged config name{' ' + hint if hint else ''}. "
+                     f"{_known_names(known, named_kind)}")
 
 
 def _known_names(known: dict[str, str], kind: str | None) -> str:

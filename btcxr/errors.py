@@ -11,6 +11,14 @@ def cut(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def did_you_mean(value: str, choices) -> str:
+    """" (did you mean X?)" for the closest of `choices` to a mistyped `value`, or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 # The words of every command's --on-error option: an unreadable input stops the run, or is skipped and listed.
 ON_ERROR = ("stop", "skip")
 # Older spellings still accepted (with a deprecation warning), and the word they stand for.
@@ -26,5 +34,5 @@ def check_on_error(value: str, option: str = "--on-error") -> str:
                                            ON_ERROR_ALIASES[value])
         return ON_ERROR_ALIASES[value]
     if value not in ON_ERROR:
-        raise BtcxrError(f"{option} {value}: expected {' or '.join(ON_ERROR)}")
+        raise BtcxrError(f"{option} {cut(value)}: expected {' or '.join(ON_ERROR)}{did_you_mean(value, ON_ERROR)}")
     return value

@@ -14,6 +14,16 @@ import pandas as pd
 import pytest
 import torch
 
+# The longest files first (`--durations`): `make test` hands whole files to two workers in this order, and a
+# long file handed out last would run alone at the end while the other worker idles.
+LONGEST_FIRST = ("test_kill_matrix.py", "test_reproduce.py", "test_ssl_sanity.py", "test_gpu_check.py",
+                 "test_launch_slurm.py", "test_pretrain_supervised.py", "test_wheel.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

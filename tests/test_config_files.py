@@ -153,9 +153,11 @@ def test_training_commands_take_a_name(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr("btcxr.pretrain.run.pretrain", record("pretrain"))
     monkeypatch.setattr("btcxr.classify.train.probe", record("probe"))
     monkeypatch.setattr("btcxr.detect.train.finetune", record("finetune"))
-    assert main(["pretrain", "--config", "paper", "--out", str(tmp_path / "p")]) == 0
-    assert main(["probe", "--config", "paper", "data.cache=x", "--out", str(tmp_path / "c")]) == 0
-    assert main(["finetune", "--config", "paper_224", "data.cache=x", "--out", str(tmp_path / "f")]) == 0
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    assert main(["pretrain", "--config", "paper", "--cache", str(cache), "--out", str(tmp_path / "p")]) == 0
+    assert main(["probe", "--config", "paper", f"data.cache={cache}", "--out", str(tmp_path / "c")]) == 0
+    assert main(["finetune", "--config", "paper_224", "--cache", str(cache), "--out", str(tmp_path / "f")]) == 0
     assert (seen["pretrain"].name, seen["pretrain"].optim.batch_size, seen["pretrain"].optim.epochs) == ("paper", 768, 800)
     assert (seen["probe"].model.arch, seen["probe"].optim.epochs) == ("resnet50", 30)
     assert seen["finetune"].model.size == 224

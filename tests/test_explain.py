@@ -420,6 +420,15 @@ def test_cli_errors_are_clear(tmp_path, checkpoints, capsys):
     summary = explain_images([checkpoints["blind"]], [tmp_path / "a.png"], tmp_path / "o", device="cpu")
     assert summary["boxes"] == 0 and summary["skipped"] == 1
     assert pd.read_csv(tmp_path / "o" / "skipped.csv")["image_id"].tolist() == ["a"]
+    # one corrupt file among good ones: stops the run, or with --on-error skip is skipped and listed
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    argv = ["explain", "--checkpoint", str(checkpoints["blind"]), str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+            "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "stop")]) == 2
+    assert "b.png" in capsys.readouterr().err and not (tmp_path / "stop").exists()
+    assert main([*argv, "--out", str(tmp_path / "skip"), "--on-error", "skip"]) == 0
+    skipped = pd.read_csv(tmp_path / "skip" / "skipped.csv").set_index("image_id")
+    assert sorted(skipped.index) == ["a", "b"] and "b.png" in skipped.loc["b", "reason"]
 
 
 def test_split_localisation_scores_true_positives(tmp_path, checkpoints):

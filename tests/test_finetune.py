@@ -152,6 +152,11 @@ def test_tiny_finetune_learns_far_beyond_an_untrained_model(tmp_path):
     ckpt = load_checkpoint(best)
     assert ckpt["metrics"]["val_ap50"] == best_val == ckpt["best_ap50"]
     assert base["map50"] < 0.1 and best_val > 0.5, (base["map50"], best_val)
+    # the best epoch's val boxes and the val images, for the case browser's threshold (chosen on val)
+    val_images = pd.read_csv(run / "val_images.csv")["image_id"].tolist()
+    assert val_images == [f"val{i:03d}" for i in range(8)]
+    val_pred = pd.read_csv(run / "val_predictions.csv")
+    assert len(val_pred) == ckpt["metrics"]["val_predictions"] > 0 and set(val_pred["image_id"]) <= set(val_images)
 
     # The test part was scored with best.pt; check its boxes against the truth in ORIGINAL pixels
     # independently of the metric code: the top box of most images overlaps the square.

@@ -127,9 +127,11 @@ def test_killed_part_way_and_rerun_equals_the_uninterrupted_run(stage, stages, r
     _check_same(run, references[stage], files)
 
 
-@pytest.mark.parametrize("when", ["start", "end"])
-@pytest.mark.parametrize("stage,nth", [("pretrain", 1), ("pretrain", 3), ("probe", 1), ("probe", 2),
-                                       ("finetune", 1), ("finetune", 2)])
+# Each stage killed in its first checkpoint write (no last.pt yet: the rerun starts afresh) and in a later one
+# (the rerun resumes from the previous last.pt), right after the write starts and with the whole temporary
+# file on disk before its rename; start and end alternate over the stages, so each case is covered twice.
+@pytest.mark.parametrize("stage,nth,when", [("pretrain", 1, "start"), ("pretrain", 3, "end"), ("probe", 1, "end"),
+                                            ("probe", 2, "start"), ("finetune", 1, "start"), ("finetune", 2, "end")])
 def test_killed_inside_a_checkpoint_write_and_rerun_equals_the_uninterrupted_run(stage, nth, when, stages,
                                                                               references, tmp_path):
     args, files, _ = stages[stage]
@@ -177,7 +179,8 @@ def reproduce_reference(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("where", ["pretrain", "runs/det_random_s64_f1_seed0"])
+# Killed in a grid run (the pre-training stage's own kill and resume are the pretrain cases above).
+@pytest.mark.parametrize("where", ["runs/det_random_s64_f1_seed0"])
 def test_reproduce_killed_part_way_and_rerun_gives_the_same_results_and_report(where, reproduce_reference,
                                                                              tmp_path):
     out = tmp_path / "exp"

@@ -3,6 +3,8 @@ patient tags anywhere, unreadable files named or skipped and counted."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -93,6 +95,11 @@ def test_overlays_submission_and_no_patient_tags(checkpoint, images, tmp_path):
     top = pred.groupby("image_id")["score"].max()
     np.testing.assert_allclose(nf.loc[top.index].to_numpy(), 1 - top.to_numpy(), rtol=1e-9)
     assert len(sub[sub["class_id"] != 14]) == len(pred)
+    coco = json.loads((out / "predictions.coco.json").read_text())   # the same boxes as COCO results
+    assert len(coco) == len(pred) > 0
+    assert [(c["image_id"], c["category_id"] - 1) for c in coco] == list(zip(pred["image_id"], pred["class_id"]))
+    np.testing.assert_allclose([c["bbox"] for c in coco], np.c_[pred[["x_min", "y_min"]].to_numpy(),
+                               pred[["x_max", "y_max"]].to_numpy() - pred[["x_min", "y_min"]].to_numpy()])
 
     for path in out.rglob("*"):
         if path.is_file():

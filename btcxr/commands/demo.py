@@ -37,10 +37,12 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from btcxr.config_files import resolve_config
+    from btcxr.engine.lock import claim
     from btcxr.experiment.local import reproduce
 
     started = time.time()
     config = resolve_config(args.config, "experiments")
+    claim(args.out)
     report = reproduce(config, args.overrides, out=args.out)
     out = Path(args.out)
     print(f"\ndemo finished in {time.time() - started:.0f} s. Everything is in {out}/:")

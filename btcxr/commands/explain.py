@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from btcxr.commands.common import Deprecated
+from btcxr.errors import ON_ERROR, check_on_error
+
 DESCRIPTION = """\
 For each image, run each detector (checkpoints of `btcxr finetune`), take its boxes with score >= --score-thr
 (the --top-k best) and compute one heatmap per box: Ablation-CAM by default (Desai and Ramaswamy 2020, the
@@ -78,8 +81,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Ablation-CAM: exact (default) re-runs everything after the layer, RPN included, "
                              "as pytorch-grad-cam; box re-runs only what the explained boxes' scores depend "
                              "on with the first pass's proposals: faster, approximate (docs/explain.md)")
-    parser.add_argument("--batch-size", type=int, default=32,
+    parser.add_argument("--ablation-batch-size", type=int, default=32, metavar="N",
                         help="Ablation-CAM: ablated copies per forward pass (default: 32)")
+    parser.add_argument("--batch-size", type=int, dest="ablation_batch_size", action=Deprecated,
+                        new="--ablation-batch-size", help=argparse.SUPPRESS)
+    parser.add_argument("--on-error", default="stop", metavar="{" + ",".join(ON_ERROR) + "}",
+                        help="IMAGES mode: an unreadable image stops the run (stop, default) or is skipped and "
+                             "listed in skipped.csv (skip)")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="pointing game: pixels the peak may lie outside the box (default: 0, the peak "
                              "must be inside; Zhang et al. used 15)")
@@ -90,11 +98,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from btcxr.engine.lock import claim
     from btcxr.errors import BtcxrError
     from btcxr.explain.run import explain_images, explain_split
 
+    claim(args.out, [*(("--checkpoint", c) for c in args.checkpoint), *(("image", i) for i in args.images or []),
+                     ("--cache", args.cache)])
     common = dict(labels=args.label, method=args.method, layer=args.layer, score_thr=args.score_thr,
-                  top_k=args.top_k, ratio=args.ratio, batch_size=args.batch_size,
+                  top_k=args.top_k, ratio=args.ratio, batch_size=args.ablation_batch_size,
                   ablation_mode=args.ablation_mode, device=args.device,
                   tolerance=args.tolerance)
     if args.split:
@@ -108,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.images:
             raise BtcxrError("give IMAGE files or folders, or --split NAME with --cache CACHE")
         summary = explain_images(args.checkpoint, args.images, args.out, cache=args.cache, figures=args.figures,
-                                 **common)
+                                 on_error=check_on_error(args.on_error), **common)
     print(f"{summary['images']} image(s), {summary['boxes']} box(es) explained, {summary['skipped']} skip(s) "
           f"-> {args.out}")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from btcxr.commands.common import add_training_flags, check_cache, check_init, training_overrides
+
 DESCRIPTION = """\
 Fine-tune torchvision's Faster R-CNN + FPN (ResNet backbone, 14 VinDr finding classes) on a VinDr cache
 made by `btcxr prepare vindr`. The backbone starts from ImageNet weights, random weights, our pre-training
@@ -36,7 +38,9 @@ examples:
       --out runs/finetune/bt-640-s0 --resume
 
 The run directory gets config.yaml (resolved), metrics.jsonl and tb/ (losses, lr, images/s, val AP50),
-last.pt, best.pt, test_predictions.csv, test_metrics.json and test/ (per-class table, PR curves).
+last.pt, best.pt, test_predictions.csv, test_images.csv, test_metrics.json and test/ (per-class table, PR
+curves), and the same of the best checkpoint on val (val_predictions.csv, val_images.csv, val/), which
+`btcxr browse` uses to choose each model's score threshold.
 """
 
 
@@ -53,13 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. data.cache=cache/vindr-640 data.fraction=0.1 model.size=1024")
-    parser.add_argument("--backbone", metavar="{imagenet,random,PATH}",
-                        help="backbone init (sets model.init): ImageNet weights, random, or a file (backbone.pth, "
-                             "a pre-training checkpoint, Barlow Twins resnet50.pth / checkpoint.pth)")
-    parser.add_argument("--init-weights", metavar="FILE",
-                        help="ImageNet weights file for --backbone imagenet on machines without internet "
-                             "(sets model.weights_file)")
-    parser.add_argument("--seed", type=int, help="run seed (sets seed)")
+    add_training_flags(parser, "backbone init: ImageNet weights, random, or a file (backbone.pth, a pre-training "
+                               "checkpoint, Barlow Twins resnet50.pth / checkpoint.pth, a torchvision, timm, "
+                               "lightly or MMDetection ResNet)")
     parser.add_argument("--out", metavar="RUN_DIR",
                         help="run directory (default: runs/finetune/<init>-<size>-f<fraction>-s<seed>)")
     parser.add_argument("--resume", action="store_true",
@@ -77,14 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from btcxr.detect.config import FinetuneConfig
     from btcxr.detect.train import finetune
 
-    overrides = list(args.overrides)
-    if args.backbone:
-        overrides.append(f"model.init={args.backbone}")
-    if args.init_weights:
-        overrides.append(f"model.weights_file={args.init_weights}")
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    cfg = load_config(FinetuneConfig, resolve_config(args.config, "finetune") if args.config else None, overrides)
+    cfg = load_config(FinetuneConfig, resolve_config(args.config, "finetune") if args.config else None,
+                      training_overrides(args))
+    check_init(cfg.model.init)
+    check_cache(cfg.data.cache)
     out = Path(args.out or _default_out(cfg))
     best = finetune(cfg, out, resume=args.resume)
     test = out / "test_metrics.json"

@@ -56,10 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from btcxr.detect.predict import predict_files
-    from btcxr.engine.io import ensure_dir
+    from btcxr.engine.lock import claim
 
     on_error = check_on_error(args.on_error)
-    ensure_dir(args.out, "--out")
+    claim(args.out, [("--checkpoint", args.checkpoint), *(("input", i) for i in args.inputs)])
     report = predict_files(args.checkpoint, args.inputs, args.out, score_thr=args.score_thr,
                            batch_size=args.batch_size, device=args.device, workers=args.workers,
                            submission=args.submission, overlays=args.overlays, overlay_thr=args.overlay_thr,

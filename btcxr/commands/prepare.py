@@ -110,7 +110,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from btcxr.data.cache import PrepareSettings, prepare
+    from btcxr.engine.lock import claim
 
+    claim(args.out, [("--root", args.root), ("--meta-csv", getattr(args, "meta_csv", None)),
+                     ("--reserve", getattr(args, "reserve", None))])
     settings = PrepareSettings(
         dataset=args.dataset, root=args.root, out=args.out, size=args.size, bits=args.bits,
         protocol=args.protocol, fusion=args.fusion, iou_thr=args.iou_thr, skip_box_thr=args.skip_box_thr,

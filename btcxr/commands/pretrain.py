@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from btcxr.commands.common import add_training_flags, check_cache, check_init, training_overrides
+
 DESCRIPTION = """\
 Pre-train a ResNet backbone with Barlow Twins (the paper's Stage 1) on the images of a prepared cache:
 ResNet-18/34/50 from ImageNet weights, random or a checkpoint; projector and affine-free batch norm; the
@@ -59,22 +61,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/pretrain/<name>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from RUN_DIR/last.pt (an error when there is none)")
-    parser.add_argument("--init-weights", metavar="FILE",
-                        help="ImageNet weights file for model.init=imagenet on machines without internet")
+    add_training_flags(parser, "the backbone pre-training starts from: ImageNet weights (the paper's), random, "
+                               "or a ResNet file")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from btcxr.config import load_config
     from btcxr.config_files import resolve_config
+    from btcxr.engine.paths import safe_name
     from btcxr.pretrain.config import PretrainConfig
     from btcxr.pretrain.run import pretrain
 
     cfg = load_config(PretrainConfig, resolve_config(args.config, "pretrain") if args.config else None,
-                      args.overrides)
-    if args.init_weights:
-        cfg.model.weights_file = args.init_weights
-    out = args.out or f"runs/pretrain/{cfg.name}"
+                      training_overrides(args))
+    check_init(cfg.model.init)
+    check_cache(cfg.data.cache)
+    out = args.out or f"runs/pretrain/{safe_name(cfg.name)}"
     path = pretrain(cfg, out, resume=args.resume)
     print(path)
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from btcxr.commands.common import add_training_flags, check_cache, check_init, training_overrides
+
 EXAMPLES = """\
 examples:
   # linear evaluation of our pre-trained backbone on 10 % of the NIH training labels
@@ -42,12 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. data.cache=cache/nih data.fraction=0.01 "
                              "probe.mode=finetune")
-    parser.add_argument("--backbone", metavar="{imagenet,random,PATH}",
-                        help="backbone init (sets model.init): ImageNet weights, random, or a file "
-                             "(backbone.pth, a pre-training checkpoint, a torchvision ResNet state dict)")
-    parser.add_argument("--init-weights", metavar="FILE",
-                        help="ImageNet weights file for --backbone imagenet on machines without internet "
-                             "(sets model.weights_file)")
+    add_training_flags(parser, "backbone init: ImageNet weights, random, or a file (backbone.pth, a pre-training "
+                               "checkpoint, a torchvision, timm, lightly or MMDetection ResNet)")
     parser.add_argument("--out", metavar="RUN_DIR",
                         help="run directory (default: runs/probe/<backbone>-<mode>-f<fraction>-s<seed>)")
     parser.add_argument("--resume", action="store_true",
@@ -64,12 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from btcxr.config import load_config
     from btcxr.config_files import resolve_config
 
-    overrides = list(args.overrides)
-    if args.backbone:
-        overrides.append(f"model.init={args.backbone}")
-    if args.init_weights:
-        overrides.append(f"model.weights_file={args.init_weights}")
-    cfg = load_config(ProbeConfig, resolve_config(args.config, "probe") if args.config else None, overrides)
+    cfg = load_config(ProbeConfig, resolve_config(args.config, "probe") if args.config else None,
+                      training_overrides(args))
+    check_init(cfg.model.init)
+    check_cache(cfg.data.cache)
     out = args.out or _default_out(cfg)
     probe(cfg, out, resume=args.resume)
     print((Path(out) / "results.md").read_text(encoding="utf-8"))

@@ -56,6 +56,7 @@ def read_results(path: str) -> tuple[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from btcxr.engine.escape import csv_table
     from btcxr.engine.io import write_text
     from btcxr.errors import BtcxrError
     from btcxr.report.replication import compare_runs, replication_markdown
@@ -74,5 +75,5 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         write_text(out, text)
-        write_text(out.with_suffix(".csv"), table.to_csv(index=False))
+        write_text(out.with_suffix(".csv"), csv_table(table).to_csv(index=False))
     return 0

@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from btcxr.data.synthetic import generate
+    from btcxr.engine.lock import claim
 
+    claim(args.out)
     summary = generate(
         Path(args.out), args.layout, args.n, args.size, args.seed,
         workers=args.workers,

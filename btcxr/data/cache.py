@@ -62,6 +62,7 @@ from btcxr.data.images import (
 )
 from btcxr.data.protocol import PAPER_SPLIT_FILE, check_protocol, paper_lists, paper_split
 from btcxr.engine.io import ensure_dir, write_bytes, write_csv, write_json
+from btcxr.engine.lock import has_content
 from btcxr.errors import BtcxrError, check_on_error
 from btcxr.logs import progress_disabled
 
@@ -371,7 +372,7 @@ def _check_compatible(cache: Path, s: PrepareSettings) -> None:
     """Refuse to mix images of different settings in one cache (a rerun must match the first run)."""
     old = read_settings(cache)
     if not old:
-        if cache.is_dir() and any(cache.iterdir()) and not (cache / IMAGES_DIR).exists():
+        if has_content(cache) and not (cache / IMAGES_DIR).exists():
             raise BtcxrError(f"--out {cache}: folder is not empty and holds no cache; choose an empty folder")
         return
     diff = [f"{k}={old.get(k)!r} (now {getattr(s, k)!r})" for k in IMAGE_SETTINGS if old.get(k) != getattr(s, k)]
@@ -642,6 +643,7 @@ def list_folder(root: str | Path, exclude: Path | None = None) -> pd.DataFrame:
                 continue
             rel = (here / name).relative_to(root)
             image_id = "__".join([*rel.parent.parts, stem])
+            check_image_id(image_id, str(here / name))
             if image_id in rows:
                 raise BtcxrError(f"{root}: {rows[image_id]} and {here / name} would get the same image id "
                                  f"{image_id!r}; rename one of them")

@@ -27,7 +27,8 @@ from typing import Any
 import pandas as pd
 
 from btcxr.engine import io as engine_io
-from btcxr.errors import BtcxrError
+from btcxr.engine.paths import check_relative
+from btcxr.errors import BtcxrError, cut
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ def png_checksum(path: Path) -> tuple[int, int]:
     return size, crc
 
 
+MAX_ID_BYTES = 200  # + ".png" and a temporary write's prefix stay within the 255-byte file-name limit
+
+
 def cache_file_name(image_id: str) -> str:
     """images/<image_id>.png, without doubling an extension the id already carries (NIH ids end in .png)."""
     stem = image_id[:-4] if image_id.lower().endswith(".png") else image_id
@@ -70,8 +74,11 @@ def check_image_id(image_id: str, where: str) -> None:
     """Image ids become file names: refuse the ones that would escape images/ or hide as temp files."""
     if (not image_id or "/" in image_id or "\\" in image_id or image_id.startswith(".")
             or "\x00" in image_id):
-        raise BtcxrError(f"{where}: image id {image_id!r} cannot be a cache file name "
+        raise BtcxrError(f"{where}: image id {cut(image_id)!r} cannot be a cache file name "
                          "(empty, contains a path separator or starts with a dot)")
+    if len(image_id.encode("utf-8", "surrogateescape")) > MAX_ID_BYTES:
+        raise BtcxrError(f"{where}: image id {cut(image_id)!r} is too long for a file name "
+                         f"({len(image_id.encode('utf-8', 'surrogateescape'))} bytes; at most {MAX_ID_BYTES})")
 
 
 # ----------------------------------------------------------------------------------------------- journal
@@ -233,6 +240,7 @@ def read_manifest(cache: str | Path) -> pd.DataFrame:
             frame[col] = frame[col].astype(kind)
         except ValueError as exc:
             raise BtcxrError(f"{path}: column {col} must hold numbers ({exc})") from exc
+    check_relative(frame["file"], path, "file", cache)  # a crafted row must not point at /etc/passwd
     return frame
 
 

@@ -28,6 +28,7 @@ from btcxr.detect.predictions import (
     csv_header,
     read_predictions,
 )
+from btcxr.engine.escape import csv_table, md_text
 from btcxr.engine.io import ensure_dir, save_figure, write_csv, write_json, write_text
 from btcxr.errors import BtcxrError
 
@@ -132,14 +133,14 @@ def evaluate_predictions(pred_df: pd.DataFrame, gt_df: pd.DataFrame, out_dir: st
     metrics["sources"] = sources
     out = ensure_dir(out_dir, "--out")
     write_json(out / "metrics.json", _json_ready(metrics), allow_nan=False)
-    write_csv(out / "per_class.csv", result.per_class)
+    write_csv(out / "per_class.csv", csv_table(result.per_class))
     write_text(out / "per_class.md", per_class_markdown(result))
     if plots:
         plot_pr_curves(result, out / "pr_curves.png")
     if counts_at is not None:
         from btcxr.detect.counts import per_image_counts
 
-        write_csv(out / "per_image.csv", per_image_counts(gt, pred, *counts_at))
+        write_csv(out / "per_image.csv", csv_table(per_image_counts(gt, pred, *counts_at)))
     ci = metrics.get("map50_ci")
     log.info("mAP50 %.4f%s | mAP %.4f | VOC mAP50 %.4f | Kaggle mAP40 %.4f (%d images, %d GT boxes, %d predictions)",
              _num(metrics["map50"]), f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "", _num(metrics["map"]),
@@ -152,13 +153,55 @@ def evaluate_predictions(pred_df: pd.DataFrame, gt_df: pd.DataFrame, out_dir: st
 def evaluate_files(pred_path: str | Path, gt_path: str | Path, out_dir: str | Path, *, fusion: str = "wbf",
                    iou_thr: float = 0.4, skip_box_thr: float = 0.0, bootstrap: int = 1000, seed: int = 0,
                    no_finding_rule: str = "1-max", lenient: bool = False,
-                   counts_at: tuple[float, float] | None = None) -> dict:
-    """`btcxr evaluate --pred --gt --out`: read both files, then :func:`evaluate_predictions`."""
-    gt, info = read_ground_truth(gt_path, fusion=fusion, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
-    pred = read_predictions(pred_path)
+                   counts_at: tuple[float, float] | None = None, split: str | None = None) -> dict:
+    """`btcxr evaluate --pred --gt --out`: read both files, then :func:`evaluate_predictions`.
+
+    Either file may be COCO JSON (results, ground truth): a COCO results file's image ids are those of a
+    COCO ground-truth file, or the images' names against a CSV ground truth. split: keep the ground truth
+    of that cache split (a cache's annotations.csv, whose manifest.csv lies beside it)."""
+    names = categories = None
+    if Path(gt_path).suffix.lower() == ".json":
+        from btcxr.data.coco import read_coco_ground_truth
+
+        gt, names = read_coco_ground_truth(gt_path, CLASS_NAMES)
+        categories = _coco_categories(gt_path)
+        info = {"gt_format": "COCO ground truth"}
+    else:
+        gt, info = read_ground_truth(gt_path, fusion=fusion, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
+    if split is not None:
+        gt = _split_of(gt, gt_path, split)
+        info["split"] = split
+    if Path(pred_path).suffix.lower() == ".json":
+        from btcxr.data.coco import read_coco_results
+
+        pred = read_coco_results(pred_path, names, categories)
+    else:
+        pred = read_predictions(pred_path)
     sources = {"pred": str(pred_path), "gt": str(gt_path), **info}
     return evaluate_predictions(pred, gt, out_dir, bootstrap=bootstrap, seed=seed, no_finding_rule=no_finding_rule,
                                 lenient=lenient, sources=sources, counts_at=counts_at)
+
+
+def _coco_categories(path: str | Path) -> dict[int, int]:
+    from btcxr.data.coco import _category_classes, _read_json
+
+    return _category_classes(_read_json(Path(path), "COCO ground-truth file"), Path(path), CLASS_NAMES)
+
+
+def _split_of(gt: pd.DataFrame, gt_path: str | Path, split: str) -> pd.DataFrame:
+    """The ground truth of the images of cache split `split` (the manifest beside a cache's annotations)."""
+    from btcxr.data.cache_format import read_manifest
+
+    cache = Path(gt_path).parent
+    if not (cache / "manifest.csv").is_file():
+        raise BtcxrError(f"--split {split}: {gt_path} is not a cache's annotations.csv (no manifest.csv beside it "
+                         "says which images each split holds)")
+    manifest = read_manifest(cache)
+    ids = set(manifest.loc[manifest["split"] == split, "image_id"])
+    if not ids:
+        splits = ", ".join(sorted(set(manifest["split"]) - {""}))
+        raise BtcxrError(f"--split {split}: {cache} has no image in that split (its splits: {splits})")
+    return gt[gt["image_id"].isin(ids)].reset_index(drop=True)
 
 
 def _num(v: float | None) -> float:
@@ -187,7 +230,7 @@ def per_class_markdown(result: DetectionEvaluation) -> str:
     lines = ["| class | GT boxes | predictions | AP50 (COCO) | AP50:95 | AP50 (VOC) | AP40 (Kaggle) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in result.per_class.itertuples():
-        lines.append(f"| {r.class_id} {r.class_name} | {r.gt_boxes} | {r.predictions} | {f(r.ap50)} | "
+        lines.append(f"| {r.class_id} {md_text(r.class_name)} | {r.gt_boxes} | {r.predictions} | {f(r.ap50)} | "
                      f"{f(r.ap50_95)} | {f(r.ap50_voc)} | {f(r.ap40_kaggle)} |")
     lines.append(f"| **mean** | {m['counts']['gt_boxes']} | {m['counts']['predictions']} | **{f(m['map50'])}** | "
                  f"{f(m['map'])} | {f(m['map50_voc'])} | {f(m['kaggle_map40'])} |")

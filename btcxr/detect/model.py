@@ -29,7 +29,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes, resize_keypoints
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -59,17 +59,41 @@ class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
     network stays a plain 3-channel torchvision model that external weights fit. An image whose longest
     side already equals the size setting is not resampled (min_size = max_size = size makes torchvision's
     own resize an identity there, at the cost of an interpolation).
+
+    TorchScript cannot compile `super()` calls, so both methods are written out in full: `normalize` is
+    torchvision's arithmetic, `resize` torchvision's for boxes-only targets (no masks), in double precision
+    when scripted too, so that the scripted model (`btcxr export`) gives the eager model's boxes bitwise at
+    any input size (tests/test_export.py).
     """
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        if not image.is_floating_point():
+            raise TypeError(f"Expected input images to be of floating type (in range [0, 1]), "
+                            f"but found type {image.dtype} instead")
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
-        return super().normalize(image)
+        mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
+        std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
+        return (image - mean[:, None, None]) / std[:, None, None]
 
-    def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None):
-        if max(image.shape[-2:]) == self.max_size:
+    def resize(self, image: torch.Tensor,
+               target: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        h, w = image.shape[-2:]
+        if max(h, w) == self.max_size or (self.training and self._skip_resize):
             return image, target
-        return super().resize(image, target)
+        size = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
+        # torchvision's _resize_image_and_masks for boxes-only targets, with the factor in Python floats
+        # (doubles) under TorchScript too: torchvision's scripted path computes it in float32, which can make
+        # the image a pixel smaller than in eager mode (50 px -> 127 instead of 128 px at size 128).
+        scale = min(float(size) / min(h, w), float(self.max_size) / max(h, w))
+        image = nn.functional.interpolate(image[None], size=None, scale_factor=scale, mode="bilinear",
+                                          recompute_scale_factor=True, align_corners=False)[0]
+        if target is None:
+            return image, target
+        target["boxes"] = resize_boxes(target["boxes"], [h, w], list(image.shape[-2:]))
+        if "keypoints" in target:
+            target["keypoints"] = resize_keypoints(target["keypoints"], [h, w], list(image.shape[-2:]))
+        return image, target
 
 
 class FrozenStatsBatchNorm2d(FrozenBatchNorm2d):
@@ -147,18 +171,19 @@ class LevelRoIAlign(MultiScaleRoIAlign):
     def __init__(self, sampling_ratio: int, aligned: bool, output_size: int = 7):
         super().__init__(featmap_names=list(ROI_LEVELS), output_size=output_size, sampling_ratio=sampling_ratio)
         self.aligned = aligned
+        self.level_strides = list(ANCHOR_STRIDES[:len(ROI_LEVELS)])  # attributes, not globals: TorchScript
 
     def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor],
                 image_shapes: list[tuple[int, int]]) -> torch.Tensor:
-        mapper = initLevelMapper(2, 2 + len(ROI_LEVELS) - 1, canonical_scale=self.canonical_scale,
+        mapper = initLevelMapper(2, 2 + len(self.featmap_names) - 1, canonical_scale=self.canonical_scale,
                                  canonical_level=self.canonical_level)
         levels = mapper(boxes)
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
-        first = x[ROI_LEVELS[0]]
-        result = first.new_zeros((len(rois), first.shape[1], *self.output_size))
-        for level, (name, stride) in enumerate(zip(ROI_LEVELS, ANCHOR_STRIDES)):
+        first = x[self.featmap_names[0]]
+        result = first.new_zeros((rois.shape[0], first.shape[1], self.output_size[0], self.output_size[1]))
+        for level, name in enumerate(self.featmap_names):
             idx = torch.where(levels == level)[0]
-            pooled = roi_align(x[name], rois[idx], self.output_size, spatial_scale=1.0 / stride,
+            pooled = roi_align(x[name], rois[idx], self.output_size, spatial_scale=1.0 / self.level_strides[level],
                                sampling_ratio=self.sampling_ratio, aligned=self.aligned)
             result[idx] = pooled.to(result.dtype)
         return result
@@ -215,8 +240,8 @@ def build_detector(cfg: ModelConfig) -> FasterRCNN:
         _mmdet_init(model)
     # torchvision's BoxCoder decodes in the dtype of the regression outputs: under bf16 autocast anchors,
     # proposals, training targets and the final boxes would be bf16, i.e. rounded to 2-4 px at 640 px.
-    model.rpn.head.register_forward_hook(_outputs_to_fp32)
-    model.roi_heads.box_predictor.register_forward_hook(_outputs_to_fp32)
+    model.rpn.head.register_forward_hook(_rpn_outputs_to_fp32)
+    model.roi_heads.box_predictor.register_forward_hook(_predictor_outputs_to_fp32)
     return model
 
 
@@ -257,11 +282,23 @@ def _mmdet_init(model: FasterRCNN) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def _outputs_to_fp32(module: nn.Module, inputs: Any, output: Any) -> Any:
-    """Forward hook: floating outputs (tensors, or lists/tuples of them) back to float32 under autocast."""
-    if isinstance(output, torch.Tensor):
-        return output.float() if output.is_floating_point() else output
-    return type(output)(_outputs_to_fp32(module, inputs, o) for o in output)
+# Forward hooks: floating outputs back to float32 under autocast (a no-op in float32). One per module, each
+# typed with its module's forward signature, so that torch.jit.script compiles them with the model.
+def _rpn_outputs_to_fp32(module, inputs: tuple[list[torch.Tensor]],
+                         output: tuple[list[torch.Tensor], list[torch.Tensor]]
+                         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """RPNHead: (objectness logits per level, box deltas per level)."""
+    return [_fp32(o) for o in output[0]], [_fp32(o) for o in output[1]]
+
+
+def _predictor_outputs_to_fp32(module, inputs: tuple[torch.Tensor],
+                               output: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """FastRCNNPredictor: (class logits, box deltas)."""
+    return _fp32(output[0]), _fp32(output[1])
+
+
+def _fp32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.is_floating_point() else tensor
 
 
 def _with_frozen_batchnorm(resnet: nn.Module, arch: str, norm_layer: type[nn.Module] = FrozenBatchNorm2d) -> nn.Module:

@@ -5,8 +5,10 @@ resized with resize_longest to the detector's size setting -- the very pixels `b
 that size -- and its boxes are mapped back to ORIGINAL pixels.
 
 OUT/predictions.csv   image_id, class_id, class_name, score, x_min, y_min, x_max, y_max (original pixels)
+OUT/predictions.coco.json   the same boxes as COCO results: image_id = the image id above, category_id =
+                      class_id + 1, bbox [x, y, width, height] (original pixels)
 OUT/images.csv        image_id, file (as given), orig_width, orig_height, boxes (count above --score-thr)
-OUT/overlays/<image_id>.png   boxes with class and score drawn over the radiograph (unless disabled)
+OUT/overlays/<image_id>.png   (the id as a safe file name: see engine.paths.safe_name) boxes with class and score drawn over the radiograph (unless disabled)
 OUT/submission.csv    Kaggle VinBigData format (with --submission), "No finding" = 1 - max score
 OUT/errors.csv        unreadable files (file, reason) when they are skipped (--on-error skip)
 
@@ -28,11 +30,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from btcxr.data.coco import coco_results
 from btcxr.data.images import read_image, resize_longest
 from btcxr.detect.engine import predict_batch, predictions_frame
 from btcxr.detect.model import load_detector
 from btcxr.detect.predictions import CLASS_NAMES, add_no_finding, write_predictions, write_submission
-from btcxr.engine.io import atomic_output, ensure_dir, write_csv, write_error
+from btcxr.engine.io import atomic_output, ensure_dir, write_csv, write_error, write_json
+from btcxr.engine.paths import safe_name
 from btcxr.engine.runtime import resolve_device
 from btcxr.errors import ON_ERROR as ON_ERROR  # the words of --on-error, kept importable from here
 from btcxr.errors import BtcxrError, check_on_error
@@ -154,13 +158,14 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir:
             sizes.append(metas[k]["orig_size"])
             if overlays:
                 draw_overlay(metas[k]["display"], result, metas[k]["orig_size"], overlay_thr,
-                             out / "overlays" / f"{image_id}.png")
+                             out / "overlays" / f"{safe_name(image_id)}.png")
 
     pred = predictions_frame(done_ids, results)
     try:  # detect.predictions writes with pandas: a full disk is an OSError there
         write_predictions(pred, out / "predictions.csv")
     except OSError as exc:
         raise write_error(out / "predictions.csv", exc) from exc
+    write_json(out / "predictions.coco.json", coco_results(pred))
     index = {i: k for k, i in enumerate(ids)}
     write_csv(out / "images.csv", pd.DataFrame({
         "image_id": done_ids,

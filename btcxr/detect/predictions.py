@@ -14,7 +14,7 @@ score and coordinates float64).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +45,16 @@ def empty_predictions() -> pd.DataFrame:
     })
 
 
-def _finish(image_id, class_id, score, boxes: np.ndarray) -> pd.DataFrame:
+def _finish(image_id, class_id, score, boxes: np.ndarray, names: Sequence[str] = CLASS_NAMES) -> pd.DataFrame:
+    """The canonical frame; `names`: class names by id, the last being "No finding" (default VinDr's)."""
     class_id = np.asarray(class_id, dtype=np.int64)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
-    nf = class_id == NO_FINDING_ID
+    nf = class_id == len(names) - 1
     boxes[nf & np.isnan(boxes).any(axis=1)] = NO_FINDING_BOX
     return pd.DataFrame({
         "image_id": np.asarray(image_id, dtype=object).astype(str).astype(object),
         "class_id": class_id,
-        "class_name": np.asarray(CLASS_NAMES, dtype=object)[class_id],
+        "class_name": np.asarray(list(names), dtype=object)[class_id],
         "score": np.asarray(score, dtype=np.float64),
         **{c: boxes[:, i] for i, c in enumerate(BOX_COLUMNS)},
     })
@@ -164,11 +165,15 @@ def read_submission(path: str | Path) -> pd.DataFrame:
     return _finish(np.concatenate(ids), np.concatenate(classes), np.concatenate(scores), np.concatenate(boxes))
 
 
-def check_predictions(pred: pd.DataFrame, source: str = "predictions") -> pd.DataFrame:
+def check_predictions(pred: pd.DataFrame, source: str = "predictions",
+                      classes: Sequence[str] | None = None) -> pd.DataFrame:
     """Check an in-memory predictions frame (e.g. a model's output) and return it in canonical form.
 
-    Errors name `source`, the row (0-based position in the frame) and the field.
+    Errors name `source`, the row (0-based position in the frame) and the field. `classes`: the finding
+    classes 0..n-1 (default the 14 VinDr findings); n is "No finding", and class_name follows class_id.
     """
+    names = CLASS_NAMES if classes is None else [*classes, NO_FINDING]
+    nf_id = len(names) - 1
     missing = [c for c in ["image_id", "class_id", "score", *BOX_COLUMNS] if c not in pred.columns]
     if missing:
         raise BtcxrError(f"{source}: missing column(s) {', '.join(missing)}; expected {', '.join(PREDICTION_COLUMNS)}")
@@ -185,15 +190,15 @@ def check_predictions(pred: pd.DataFrame, source: str = "predictions") -> pd.Dat
 
     bad(pred["image_id"].isna().to_numpy() | (pred["image_id"].astype(str).str.strip() == "").to_numpy(),
         "image_id", "empty image id")
-    bad(~np.isfinite(class_id) | (class_id % 1 != 0) | (class_id < 0) | (class_id > NO_FINDING_ID), "class_id",
-        f"expected a whole number 0..{NO_FINDING_ID}")
+    bad(~np.isfinite(class_id) | (class_id % 1 != 0) | (class_id < 0) | (class_id > nf_id), "class_id",
+        f"expected a whole number 0..{nf_id}")
     bad(~np.isfinite(score), "score", "expected a finite number")
-    is_box = class_id != NO_FINDING_ID
+    is_box = class_id != nf_id
     for i, c in enumerate(BOX_COLUMNS):
         bad(is_box & ~np.isfinite(boxes[:, i]), c, "expected a finite number")
     bad(boxes[:, 2] < boxes[:, 0], "x_max", "x_max is smaller than x_min")
     bad(boxes[:, 3] < boxes[:, 1], "y_max", "y_max is smaller than y_min")
-    return _finish(pred["image_id"].to_numpy(), class_id.astype(np.int64), score, boxes)
+    return _finish(pred["image_id"].to_numpy(), class_id.astype(np.int64), score, boxes, names)
 
 
 def add_no_finding(pred: pd.DataFrame, rule: str = "1-max", image_ids: Iterable[str] | None = None) -> pd.DataFrame:

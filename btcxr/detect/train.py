@@ -6,7 +6,9 @@ epoch one training pass, validation AP50 (COCO AP at IoU 0.5 in original pixels,
 After the last epoch the main rank scores `best.pt` once on the test part.
 
 Run directory: config.yaml (resolved), metrics.jsonl + tb/ (loss components, lr, images/s, val AP50),
-last.pt, best.pt, test_predictions.csv, test_metrics.json, test/ (per-class table, PR curves).
+last.pt, best.pt, test_predictions.csv, test_images.csv, test_metrics.json, test/ (per-class table, PR curves),
+and the best epoch's val_predictions.csv with val_images.csv (the case browser's default score threshold is
+chosen on them, never on test).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -34,11 +37,12 @@ from btcxr.detect.model import (
     detector_settings,
     resolve_model_config,
 )
+from btcxr.detect.predictions import write_predictions
 from btcxr.detect.sampler import GroupedBatchSampler, aspect_ratio_groups
 from btcxr.detect.transforms import eval_transform, train_transform
 from btcxr.engine.checkpoint import save_checkpoint
 from btcxr.engine.distributed import DistEnv, distributed_session
-from btcxr.engine.io import write_json
+from btcxr.engine.io import write_csv, write_json
 from btcxr.engine.loop import wrap_ddp
 from btcxr.engine.run import BEST, TEST_METRICS, RunDir
 from btcxr.engine.runtime import grad_scaler, seed_everything
@@ -100,6 +104,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, env: DistEnv) -> Pat
                             num_workers=cfg.data.workers, collate_fn=collate, pin_memory=pin)
     val_gt = ground_truth(val_set)
     if env.is_main:
+        write_csv(out / "val_images.csv", pd.DataFrame({"image_id": list(val_set.image_ids)}))
         log.info("train: %d images (%s, fraction %g%s), val: %d images; %d iterations of %d an epoch",
                  len(train_set), cfg.data.train_split, cfg.data.fraction,
                  ", with negatives" if cfg.data.include_negatives else "", len(val_set), len(batches),
@@ -150,6 +155,8 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, env: DistEnv) -> Pat
                 save_checkpoint(out / BEST, detector_checkpoint(
                     core, cfg.model, config=dataclasses.asdict(cfg), epoch=epoch + 1, step=step,
                     metrics=_floats(record), best_ap50=best_ap50, best_epoch=best_epoch))
+                # the boxes this selection saw: `btcxr browse` chooses its default threshold on them
+                write_predictions(pred, out / "val_predictions.csv")
                 log.info("new best val AP50 %.4f: wrote %s", ap50, out / BEST)
             run.save(step=step, epoch=epoch + 1, model=core, optimizer=optimizer, scaler=scaler,
                      detector=detector_settings(cfg.model), classes=list(VINDR_CLASSES), metrics=_floats(record),
@@ -163,15 +170,24 @@ def _finetune(cfg: FinetuneConfig, out: Path, resume: bool, env: DistEnv) -> Pat
 
 
 def test_model_on_split(best_path: Path, cfg: FinetuneConfig, out: Path) -> dict:
-    """Score the best checkpoint once on the test part: test_predictions.csv and test_metrics.json (plus
-    the per-class table and PR curves in test/)."""
+    """Score the best checkpoint once on the test part: test_predictions.csv, test_images.csv (the images
+    predicted) and test_metrics.json (plus the per-class table and PR curves in test/)."""
     metrics = evaluate_checkpoint(best_path, cfg.data.cache, cfg.data.test_split, out / "test",
                                   device=cfg.device, batch_size=max(1, cfg.optim.batch_size // 4),
                                   workers=cfg.data.workers, include_negatives=cfg.data.eval_negatives,
                                   seed=cfg.seed, predictions_path=out / "test_predictions.csv")
+    write_image_list(out / "test_images.csv", cfg.data.cache, cfg.data.test_split, cfg.data.eval_negatives)
     write_json(out / TEST_METRICS, json.loads((out / "test" / "metrics.json").read_text(encoding="utf-8")))
     log.info("test %s: mAP50 %.4f (best epoch of %s)", cfg.data.test_split, metrics["map50"] or 0.0, best_path)
     return metrics
+
+
+def write_image_list(path: Path, cache: str | Path, split: str, include_negatives: bool) -> None:
+    """The ids of every image evaluate_checkpoint predicted on `split` (its VindrDetection: images without a
+    finding box only with include_negatives), whether or not it found anything there: predictions.csv has
+    rows for detections only, and `btcxr browse` must tell "nothing found" from "not predicted"."""
+    ids = VindrDetection(cache, split, include_negatives=include_negatives).image_ids
+    write_csv(path, pd.DataFrame({"image_id": list(ids)}))
 
 
 def _floats(record: dict[str, Any]) -> dict[str, float]:

@@ -37,6 +37,7 @@ from btcxr.engine.distributed import DistEnv, barrier
 from btcxr.engine.fingerprint import environment_fingerprint
 from btcxr.engine.io import remove_temp_files, write_json, write_yaml
 from btcxr.engine.lock import hold
+from btcxr.engine.paths import check_apart
 from btcxr.engine.runlog import MetricsLog, truncate_metrics
 from btcxr.errors import BtcxrError
 
@@ -59,6 +60,15 @@ RESUME_FREE_KEYS = frozenset({
 })
 
 
+def config_inputs(cfg: Any) -> list[tuple[str, str | None]]:
+    """The files and folders a training config reads: its cache, an init file, ImageNet weights."""
+    data, model = getattr(cfg, "data", None), getattr(cfg, "model", None)
+    init = getattr(model, "init", None)
+    return [("data.cache", getattr(data, "cache", None) or None),
+            ("model.init", init if init and init not in ("imagenet", "random") else None),
+            ("model.weights_file", getattr(model, "weights_file", None))]
+
+
 class RunDir:
     """One training run's folder: config.yaml, metrics.jsonl, tb/, last.pt and what the stage adds."""
 
@@ -66,6 +76,7 @@ class RunDir:
         self.path, self.cfg, self.env, self.kind = Path(path), cfg, env, kind
         self.checkpoint = self.path / CHECKPOINT
         if env.is_main:
+            check_apart(self.path, config_inputs(cfg), "run directory")
             hold(self.path, "run directory")  # a second process on this folder is refused
             # A write killed part-way leaves only its temporary file (the rename never happened).
             removed = remove_temp_files(self.path)

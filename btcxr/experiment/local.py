@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from btcxr.engine.io import ensure_dir
 from btcxr.experiment.grids import grid_runs
 from btcxr.experiment.markers import Role, stage_lock
 from btcxr.experiment.report_stage import write_report
@@ -34,7 +33,7 @@ def reproduce(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     """
     shard([], shard_index, shard_count)   # a bad shard is refused before any stage starts
     plan = make_plan(exp_path, overrides, out, workers=workers)
-    ensure_dir(plan.out, "experiment folder")
+    plan.make_folder()
     run_upstream(plan, LOCAL)
     for _, run in shard(list(grid_runs(plan).items()), shard_index, shard_count):
         run()

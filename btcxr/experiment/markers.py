@@ -24,6 +24,7 @@ from typing import Any
 
 from btcxr.engine.distributed import is_main_rank
 from btcxr.engine.io import ensure_dir, write_json
+from btcxr.engine.lock import has_content
 from btcxr.engine.run import CHECKPOINT
 from btcxr.errors import BtcxrError
 
@@ -61,7 +62,7 @@ def start_run(run_dir: Path, key: str) -> bool:
     previous = json.loads(started.read_text()).get("fingerprint") if started.exists() else None
     if not is_main_rank():
         return previous == key and (run_dir / CHECKPOINT).exists()
-    if run_dir.exists() and any(run_dir.iterdir()) and previous != key:
+    if has_content(run_dir) and previous != key:
         stale = run_dir.with_name(f"{run_dir.name}.stale-{previous or 'unknown'}")
         for n in range(1, 1000):  # a run may go back and forth between settings
             if not stale.exists():

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from btcxr.config_files import resolve_config
+from btcxr.engine.io import ensure_dir
+from btcxr.engine.paths import check_apart
 from btcxr.experiment.spec import CurveRun, DetectionRun, Experiment, ProbeRun
 
 K = TypeVar("K")
@@ -159,6 +161,12 @@ class Plan:
             object.__setattr__(self, name, FrozenDict(getattr(self, name)))
         for name in ("notes", "syntheses", "caches", "pretrainings", "runs"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def make_folder(self) -> Path:
+        """The experiment folder, created; refused when it is, holds or lies inside a raw dataset."""
+        check_apart(self.out, [("data.vindr_root", self.exp.data.vindr_root), ("data.nih_root", self.exp.data.nih_root)],
+                    "experiment folder")
+        return ensure_dir(self.out, "experiment folder")
 
     def config(self, path: str, kind: str) -> Path | None:
         """A stage config the experiment names (see `stage_config`)."""

@@ -286,7 +286,7 @@ def launch(exp_path: str | Path, overrides: list[str] | tuple[str, ...] = (), ou
     settings = settings or SlurmSettings()
     # Computed once, here: every job gets this plan (paths made absolute: jobs start on other nodes).
     plan = make_plan(Path(exp_path).resolve(), overrides, out, workers=workers, absolute=True)
-    ensure_dir(plan.out, "experiment folder")
+    plan.make_folder()
     save_config(plan.exp, plan.out / EXPERIMENT)
     pending = upstream_pending(plan)  # the upstream stages with work left
     folder = ensure_dir(plan.out / "slurm" / "logs", "SLURM log folder")

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from btcxr.config import load_config
-from btcxr.errors import BtcxrError
+from btcxr.engine.paths import safe_name
+from btcxr.errors import BtcxrError, cut
 
 
 @dataclass
@@ -117,6 +118,12 @@ class Experiment:
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
     exp = load_config(Experiment, path, overrides)
+    # Names become folder names (runs/experiments/<name>, runs/det_<init>_...): plain ones only, so no
+    # name can leave the experiment folder or share another's run folder.
+    for what, name in [("name", exp.name), *(("init", i) for i in exp.inits)]:
+        if safe_name(name) != name:
+            raise BtcxrError(f"{path}: {what} {cut(str(name))!r} cannot name a folder: use letters, digits, '.', "
+                             "'_' and '-' (not starting with '.')")
     if exp.baseline not in exp.inits:
         raise BtcxrError(f"{path}: baseline {exp.baseline!r} is not one of the inits ({', '.join(exp.inits)})")
     if not exp.seeds or not exp.fractions or not exp.sizes:

@@ -20,6 +20,8 @@ import pandas as pd
 import torch
 from torchvision.ops import box_iou
 
+from btcxr.engine.escape import md_text
+
 METRICS = ("energy_in_box", "pointing_game")
 RECORD_COLUMNS = ["model", "image_id", "class_id", "class_name", "score", "iou", "energy_in_box", "pointing_game"]
 
@@ -146,9 +148,9 @@ def markdown_table(models: dict[str, dict]) -> str:
     lines = ["| Model | Class | n | Energy in box [95 % CI] | Pointing game [95 % CI] |",
              "|---|---|---:|---|---|"]
     for model, entry in models.items():
-        lines.append(f"| {model} | all | {entry['energy_in_box']['n']} | {_fmt(entry['energy_in_box'])} | "
+        lines.append(f"| {md_text(model)} | all | {entry['energy_in_box']['n']} | {_fmt(entry['energy_in_box'])} | "
                      f"{_fmt(entry['pointing_game'])} |")
         for cls, stats in entry["per_class"].items():
-            lines.append(f"| {model} | {cls} | {stats['energy_in_box']['n']} | {_fmt(stats['energy_in_box'])} | "
+            lines.append(f"| {md_text(model)} | {md_text(cls)} | {stats['energy_in_box']['n']} | {_fmt(stats['energy_in_box'])} | "
                          f"{_fmt(stats['pointing_game'])} |")
     return "\n".join(lines) + "\n"

@@ -18,7 +18,6 @@ OUT/localisation.json, OUT/localisation.md   with ground truth: per model and cl
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from btcxr.data.classes import NO_FINDING, VINDR_CLASSES
 from btcxr.engine.io import ensure_dir, write_bytes, write_csv, write_json, write_text
+from btcxr.engine.paths import safe_name
 from btcxr.errors import BtcxrError
 from btcxr.explain.ablation import DEFAULT_MODE
 from btcxr.explain.base import DEFAULT_LAYER, DetectorCAM, Explanation
@@ -97,10 +97,6 @@ def load_detectors(checkpoints: Sequence[str | Path], labels: Sequence[str] | No
     return detectors
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
-
-
 @dataclass
 class _GroundTruth:
     boxes: np.ndarray  # (n, 4) in the display frame
@@ -142,7 +138,7 @@ class _Session:
             self._add_boxes(image_id, detector.label, explanation, display, to_original, gt, figures)
         if figures and len(self.detectors) > 1:
             path = grid_figure(display, explanations, [d.label for d in self.detectors],
-                               self.out / "grids" / f"{_slug(image_id)}.png",
+                               self.out / "grids" / f"{safe_name(image_id)}.png",
                                gt_boxes=None if gt is None else gt.boxes, gt_class=None if gt is None else gt.class_id,
                                title=f"{image_id}: {self.method} heatmaps at {self.layer}")
             self.grids += path is not None
@@ -159,11 +155,12 @@ class _Session:
                                    "class_name": name, "score": float(e.scores[k])}
             row |= dict(zip(["x_min", "y_min", "x_max", "y_max"], (e.boxes[k] * to_original).tolist()))
             row["figure"] = ""
-            heatmap = self.out / "heatmaps" / _slug(image_id) / f"{_slug(label)}_box{k}.png"
+            heatmap = self.out / "heatmaps" / safe_name(image_id) / f"{safe_name(label)}_box{k}.png"
             write_bytes(heatmap, heatmap_png(e.heatmaps[k]), durable=False)  # the case browser's overlay
             row["heatmap"] = heatmap.relative_to(self.out).as_posix()
             if figures:
-                path = self.out / "boxes" / _slug(image_id) / f"{_slug(label)}_box{k}_{_slug(name)}.png"
+                path = (self.out / "boxes" / safe_name(image_id)
+                        / f"{safe_name(label)}_box{k}_{safe_name(name)}.png")
                 gt_boxes = [] if gt is None else gt.boxes
                 gt_names = [] if gt is None else [VINDR_CLASSES[int(c)] for c in gt.class_id]
                 box_figure(display, e.heatmaps[k], e.boxes[k], name, float(e.scores[k]), path,
@@ -303,8 +300,11 @@ def explain_images(checkpoints: Sequence[str | Path], images: Sequence[str | Pat
                    score_thr: float = 0.3, top_k: int = 10, ratio: float = 0.5, batch_size: int = 32,
                   ablation_mode: str = DEFAULT_MODE,
                    device: str = "auto", cache: str | Path | None = None, figures: bool = True,
-                   tolerance: float = 0.0, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+                   tolerance: float = 0.0, n_boot: int = 2000, seed: int = 0,
+                   on_error: str = "stop") -> dict[str, Any]:
     """Explain every box of every image (files or folders) for each checkpoint; see the module docstring.
+
+    on_error: an unreadable image stops the run (stop) or is skipped and listed in skipped.csv (skip).
 
     With `cache`, images whose id (file name without suffix) is in the cache get their ground-truth boxes
     drawn and scored. Returns the summary (the content of localisation.json when ground truth was found).
@@ -320,7 +320,14 @@ def explain_images(checkpoints: Sequence[str | Path], images: Sequence[str | Pat
     display_size = max(d.size for d in detectors)
     for file, image_id in tqdm(list(zip(files, ids)), desc="explain", disable=progress_disabled(),
                                dynamic_ncols=True):
-        radiograph = read_image(file, bits=8)
+        try:
+            radiograph = read_image(file, bits=8)
+        except BtcxrError as exc:
+            if on_error == "stop":
+                raise BtcxrError(f"{exc} (pass --on-error skip to skip unreadable files)") from exc
+            log.warning("skipped: %s", exc)
+            session.skipped.append({"image_id": image_id, "model": "", "reason": str(exc)})
+            continue
         display_pixels, _ = resize_longest(radiograph.pixels, display_size)
         display = display_pixels.astype(np.float32) / 255.0
         inputs = [torch.from_numpy(resize_longest(radiograph.pixels, d.size)[0].astype(np.float32) / 255.0)[None]

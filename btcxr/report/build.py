@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from btcxr.data.classes import NIH_LABELS, VINDR_CLASSES
+from btcxr.engine.escape import md_text
 from btcxr.engine.io import ensure_dir, write_bytes, write_text
 from btcxr.engine.runlog import METRICS, read_metrics
 from btcxr.errors import BtcxrError
@@ -121,8 +122,8 @@ def build_report(out_dir: Path, results: pd.DataFrame, *, baseline: str = "image
     _runs_section(rep, det, probe)
     page.notes = notes
 
-    md = [f"# {TITLE}", "", page.subtitle, ""]
-    md += [f"> **Note:** {n}" + "\n" for n in notes]
+    md = [f"# {TITLE}", "", md_text(page.subtitle), ""]
+    md += [f"> **Note:** {md_text(n)}" + "\n" for n in notes]
     write_text(out_dir / "results.md", "\n".join(md + rep.md))
     index = page.write(out_dir / "index.html")
     log.info("report written: %s", index)
@@ -290,7 +291,8 @@ def _summary_section(rep: _Report, det, probe, probe_group, order, comparisons) 
             title = f"{what}, {init} against {base}." + (f" {question}" if question else "")
             html_parts.append(f"<p><strong>{H.esc(title)}</strong> {H.esc(' '.join(overall))}</p>\n")
             html_parts.append(H.bullets(details))
-            md_parts.append(f"**{title}** " + " ".join(overall) + "\n\n" + "".join(f"- {d}\n" for d in details))
+            md_parts.append(f"**{md_text(title)}** " + md_text(" ".join(overall)) + "\n\n"
+                            + "".join(f"- {md_text(d)}\n" for d in details))
     if not html_parts:
         html_parts.append(H.absent("No finished runs: there is nothing to summarise."))
         md_parts.append("No finished runs: there is nothing to summarise.\n")

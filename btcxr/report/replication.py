@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from btcxr.engine.escape import md_text
 from btcxr.errors import BtcxrError
 from btcxr.report.build import probe_settings, usable_runs
 from btcxr.report.tables import fmt_fraction, fmt_interval, fmt_num, fmt_p, fmt_size, seed_summary
@@ -107,14 +108,14 @@ def compare_runs(tables: Mapping[str, pd.DataFrame], baseline: str, alpha: float
 def replication_markdown(table: pd.DataFrame, names: list[str], baseline: str) -> str:
     """The comparison as a Markdown table: per run 'Δ [95 % CI], p; detectable ±x', then the verdict."""
     head = ["setting", "arm", *[f"{n}: Δ vs {baseline} [95 % CI], p; detectable" for n in names], "verdict"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(map(md_text, head)) + " |", "|" + "---|" * len(head)]
     for _, row in table.iterrows():
-        cells = [row["setting"], row["init"]]
+        cells = [md_text(row["setting"]), md_text(row["init"])]
         for n in names:
             interval = fmt_interval(row[f"{n} diff"], row[f"{n} diff_lo"], row[f"{n} diff_hi"], signed=True)
             p = fmt_p(row[f"{n} p"])
             p = f"p {p[0]} {p[1:]}" if p.startswith("<") else f"p = {p}"
-            cells.append(f"{interval}, {p}; ±{fmt_num(row[f'{n} mde'])} ({row[f'{n} seeds']} seeds)")
+            cells.append(f"{interval}, {p}; ±{fmt_num(row[f'{n} mde'])} ({row[f'{n} seeds']} seeds)")  # ours: plain
         verdict_text = row["verdict"]
         cells.append(f"**{verdict_text}**" if verdict_text in (HIGHER, LOWER) else verdict_text)
         lines.append("| " + " | ".join(cells) + " |")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from btcxr.engine.escape import md_text
 from btcxr.report.stats import mean_ci, summarise
 
 NA = "n/a"
@@ -81,19 +82,18 @@ class Table:
     group_starts: set[int] = field(default_factory=set)  # row indexes that open a new setting (a rule above)
 
     def to_markdown(self) -> str:
-        def esc(text: str) -> str:
-            return text.replace("|", "\\|")
+        esc = md_text
 
         def cell(c: Cell | str) -> str:
             c = c if isinstance(c, Cell) else Cell(c)
             return f"**{esc(c.text)}**" if c.strong else esc(c.text)
 
         align = ["---:" if i in self.numeric else ":---" for i in range(len(self.columns))]
-        lines = [f"*{self.caption}*", ""] if self.caption else []
+        lines = [f"*{md_text(self.caption)}*", ""] if self.caption else []
         lines += ["| " + " | ".join(esc(c) for c in self.columns) + " |", "| " + " | ".join(align) + " |"]
         lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
         if self.footnotes:
-            lines += [""] + [f"{note}  " for note in self.footnotes]
+            lines += [""] + [f"{md_text(note)}  " for note in self.footnotes]
         return "\n".join(lines) + "\n"
 
     def to_html(self) -> str:
