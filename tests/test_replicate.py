@@ -93,7 +93,7 @@ def test_the_command_prints_and_writes_the_table(tmp_path, capsys):
     assert set(pd.read_csv(out.with_suffix(".csv"))["verdict"]) == {HIGHER}
 
 
-def test_the_command_names_what_is_wrong(tmp_path, capsys):
+def test_the_command_names_what_is_wrong(tmp_path, capsys, monkeypatch):
     (tmp_path / "a").mkdir()
     assert main(["replicate", str(tmp_path / "a"), str(tmp_path / "b"), "--baseline", "random"]) == 2
     assert "no results.csv there" in capsys.readouterr().err
@@ -107,3 +107,11 @@ def test_the_command_names_what_is_wrong(tmp_path, capsys):
     (tmp_path / "c.csv").write_text("run_id,kind\nx,detection\n")
     assert main(["replicate", str(tmp_path / "a"), str(tmp_path / "c.csv"), "--baseline", "random"]) == 2
     assert "missing column(s) init" in capsys.readouterr().err
+
+    def io_error(*args, **kwargs):   # a disk that fails while the table is read (root reads every file)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("pandas.read_csv", io_error)
+    assert main(["replicate", str(tmp_path / "a"), str(tmp_path / "c.csv"), "--baseline", "random"]) == 2
+    err = capsys.readouterr().err
+    assert "a/results.csv: not a readable results table ([Errno 5] Input/output error)" in err

@@ -40,7 +40,7 @@ def read_results(path: str) -> tuple[str, object]:
     """(default name, table) of a run given as its folder or its results.csv."""
     import pandas as pd
 
-    from btcxr.errors import BtcxrError
+    from btcxr.errors import BtcxrError, cut
     from btcxr.experiment.results import RESULTS
 
     p = Path(path)
@@ -50,8 +50,8 @@ def read_results(path: str) -> tuple[str, object]:
                          f"{RESULTS})")
     try:
         table = pd.read_csv(csv)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise BtcxrError(f"{csv}: not a readable results table ({exc})") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise BtcxrError(f"{csv}: not a readable results table ({cut(str(exc))})") from exc
     return (p.name if p.is_dir() else p.parent.name), table
 
 
