@@ -107,8 +107,10 @@ def _category_classes(doc: dict, path: Path, classes: Sequence[str]) -> dict[int
     return mapping
 
 
-def read_coco_ground_truth(path: str | Path, classes: Sequence[str]) -> tuple[pd.DataFrame, dict[Any, str]]:
-    """(ground truth as annotations.csv columns, COCO image id -> image name) of a COCO detection file.
+def read_coco_ground_truth(path: str | Path, classes: Sequence[str]
+                           ) -> tuple[pd.DataFrame, dict[Any, str], dict[int, int]]:
+    """(ground truth as annotations.csv columns, COCO image id -> image name, category id -> class id) of a
+    COCO detection file.
 
     An image without annotations gets a row of the last class of `classes` ("No finding") without a box,
     as in a cache's annotations.csv."""
@@ -137,7 +139,7 @@ def read_coco_ground_truth(path: str | Path, classes: Sequence[str]) -> tuple[pd
     empty = sorted(set(names.values()) - set(frame["image_id"]))
     normals = pd.DataFrame({"image_id": empty, "class_id": len(classes) - 1,
                             **{c: np.nan for c in BOX_COLUMNS}})
-    return pd.concat([frame, normals], ignore_index=True), names
+    return pd.concat([frame, normals], ignore_index=True), names, categories
 
 
 def read_coco_results(path: str | Path, names: dict[Any, str] | None = None,
@@ -147,10 +149,15 @@ def read_coco_results(path: str | Path, names: dict[Any, str] | None = None,
     names: COCO image id -> image name (from the ground-truth file the results refer to); without it the
     ids are taken as names (btcxr predict writes names). categories: category id -> class id (default:
     category_id - 1, the convention of btcxr's COCO files)."""
+    path = Path(path)
+    return _results_frame(_read_json(path, "COCO results file"), path, names, categories)
+
+
+def _results_frame(results: Any, path: Path, names: dict[Any, str] | None,
+                   categories: dict[int, int] | None) -> pd.DataFrame:
+    """`read_coco_results` of the file's JSON, already loaded."""
     from btcxr.errors import BtcxrError, cut
 
-    path = Path(path)
-    results = _read_json(path, "COCO results file")
     if not isinstance(results, list):
         raise BtcxrError(f"{path}: a COCO results file is a JSON list of detections "
                          "({image_id, category_id, bbox, score}), got a " + type(results).__name__)
@@ -195,13 +202,13 @@ def read_cache_coco_results(path: str | Path, cache: str | Path, split: str | No
     results = _read_json(path, "COCO results file")
     if not (isinstance(results, list) and results and all(isinstance(r, dict) and isinstance(r.get("image_id"), int)
                                                           for r in results)):
-        return read_coco_results(path)
+        return _results_frame(results, path, None, None)
     if split is None:
         raise BtcxrError(f"{path}: COCO image ids are numbers of one split's coco_<split>.json: show one --split")
     gt_file = cache / f"coco_{split}.json"
     doc = _read_json(gt_file, "COCO ground-truth file of the cache")
     names = {e["id"]: str(e.get("image_name") or Path(str(e.get("file_name", ""))).stem) for e in doc["images"]}
-    pred = read_coco_results(path, names, _category_classes(doc, gt_file, VINDR_CLASSES[:NO_FINDING_ID]))
+    pred = _results_frame(results, path, names, _category_classes(doc, gt_file, VINDR_CLASSES[:NO_FINDING_ID]))
     scale = read_manifest(cache).set_index("image_id")["scale"].reindex(pred["image_id"]).to_numpy(dtype=np.float64)
     pred[BOX_COLUMNS] = pred[BOX_COLUMNS].to_numpy(dtype=np.float64) / scale[:, None]
     return pred

@@ -163,8 +163,7 @@ def evaluate_files(pred_path: str | Path, gt_path: str | Path, out_dir: str | Pa
     if Path(gt_path).suffix.lower() == ".json":
         from btcxr.data.coco import read_coco_ground_truth
 
-        gt, names = read_coco_ground_truth(gt_path, CLASS_NAMES)
-        categories = _coco_categories(gt_path)
+        gt, names, categories = read_coco_ground_truth(gt_path, CLASS_NAMES)
         info = {"gt_format": "COCO ground truth"}
     else:
         gt, info = read_ground_truth(gt_path, fusion=fusion, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
@@ -180,12 +179,6 @@ def evaluate_files(pred_path: str | Path, gt_path: str | Path, out_dir: str | Pa
     sources = {"pred": str(pred_path), "gt": str(gt_path), **info}
     return evaluate_predictions(pred, gt, out_dir, bootstrap=bootstrap, seed=seed, no_finding_rule=no_finding_rule,
                                 lenient=lenient, sources=sources, counts_at=counts_at)
-
-
-def _coco_categories(path: str | Path) -> dict[int, int]:
-    from btcxr.data.coco import _category_classes, _read_json
-
-    return _category_classes(_read_json(Path(path), "COCO ground-truth file"), Path(path), CLASS_NAMES)
 
 
 def _split_of(gt: pd.DataFrame, gt_path: str | Path, split: str) -> pd.DataFrame:
