@@ -12,7 +12,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch torchvision
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,export]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,export,methods]'
 	touch $(STAMP)
 
 setup: $(STAMP)

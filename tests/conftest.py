@@ -16,7 +16,8 @@ import torch
 
 # The longest files first (`--durations`): `make test` hands whole files to two workers in this order, and a
 # long file handed out last would run alone at the end while the other worker idles.
-LONGEST_FIRST = ("test_kill_matrix.py", "test_reproduce.py", "test_ssl_sanity.py", "test_gpu_check.py",
+LONGEST_FIRST = ("test_kill_matrix.py", "test_reproduce.py", "test_ssl_sanity.py", "test_ssl_sanity_methods.py",
+                 "test_ssl_methods_distributed.py", "test_gpu_check.py",
                  "test_launch_slurm.py", "test_pretrain_supervised.py", "test_wheel.py")
 
 

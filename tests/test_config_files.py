@@ -16,7 +16,8 @@ from btcxr.errors import BtcxrError
 from btcxr.experiment.spec import load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ["experiments/demo", "experiments/paper", "experiments/synthetic"]
+EXPERIMENTS = ["experiments/demo", "experiments/paper", "experiments/synthetic", "experiments/synthetic-methods",
+               "experiments/paper-methods"]
 
 
 # ------------------------------------------------------------------------------------ what ships

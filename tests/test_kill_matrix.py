@@ -103,7 +103,10 @@ def stages(tmp_path_factory) -> dict[str, tuple[list[str], tuple[str, ...], int]
     finetune = ["finetune", "--config", "configs/finetune/demo.yaml", f"data.cache={vindr}", "tensorboard=false",
                 "model.size=64", "model.fpn_channels=32", "model.box_head_dim=64", "optim.epochs=3",
                 "optim.batch_size=4", "optim.warmup_iters=2", "log_every=1", "data.workers=0"]
+    # BYOL (lightly): last.pt must carry the target network and the resumed momentum schedule bit for bit.
+    byol = [*pretrain, "method=byol", "byol.predictor_hidden=16", "byol.momentum_base=0.9"]
     return {"pretrain": (pretrain, ("last.pt", "backbone.pth"), 5),
+            "pretrain_byol": (byol, ("last.pt", "backbone.pth"), 5),
             "probe": (probe, ("last.pt", "best.pt"), 4),
             "finetune": (finetune, ("last.pt", "best.pt"), 4)}
 
@@ -117,7 +120,7 @@ def references(stages, tmp_path_factory) -> dict[str, Path]:
     return {name: out / name for name in stages}
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "probe", "finetune"])
+@pytest.mark.parametrize("stage", ["pretrain", "pretrain_byol", "probe", "finetune"])
 def test_killed_part_way_and_rerun_equals_the_uninterrupted_run(stage, stages, references, tmp_path):
     args, files, rows = stages[stage]
     run = tmp_path / "run"

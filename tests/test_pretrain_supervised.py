@@ -96,7 +96,7 @@ def test_supervised_needs_labels_and_loader_views(tmp_path):
     with pytest.raises(BtcxrError, match="views.on_gpu=false"):
         _cfg(unlabeled, "views.on_gpu=true")
     with pytest.raises(BtcxrError, match="method must be one of"):
-        _cfg(unlabeled, "method=simclr")
+        _cfg(unlabeled, "method=dino")
 
 
 def test_a_resumed_run_whose_data_gives_other_steps_an_epoch_is_refused(labelled, tmp_path):

@@ -14,6 +14,7 @@ from btcxr.errors import BtcxrError
 from btcxr.experiment.markers import Role, is_done, mark_done, must_run, stage_lock
 from btcxr.experiment.plan import CachePrep, Plan, Synthesis
 from btcxr.experiment.spec import Experiment, fingerprint
+from btcxr.pretrain.config import LIGHTLY_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,10 @@ def _cache(out: Path, dataset: str, root: Path | str, size: int, name: str | Non
 
 
 def needs_nih(exp: Experiment) -> bool:
-    """The NIH cache is read by the probe, our pre-training and the positive control."""
-    specs = exp.inits.values()
-    return exp.probe.enabled or "supervised" in specs or ("btcxr" in specs and not exp.pretrain.backbone)
+    """The NIH cache is read by the probe, the pre-trainings and the positive control."""
+    specs = set(exp.inits.values())
+    return (exp.probe.enabled or bool(specs & {"supervised", *LIGHTLY_METHODS})
+            or ("btcxr" in specs and not exp.pretrain.backbone))
 
 
 def plan_data(exp: Experiment, exp_path: Path, out: Path

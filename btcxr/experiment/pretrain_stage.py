@@ -3,7 +3,7 @@
 `choose_inits` checks whether the ImageNet weights an init needs can be loaded here, and applies the
 experiment's `imagenet_fallback` when they cannot ("random": drop or replace the ImageNet init; "natural":
 pre-train the cross-domain stand-in and use it wherever ImageNet weights would be). `plan_pretrainings`
-lists the pre-trainings (the stand-in, ours, the supervised positive control) with their configs and
+lists the pre-trainings (the stand-in, ours, the other methods, the supervised positive control) with their configs and
 fingerprints; `run_pretrain` runs them where the process's role allows, else checks they finished.
 """
 
@@ -19,9 +19,18 @@ from btcxr.engine.run import CHECKPOINT, CONFIG
 from btcxr.errors import BtcxrError
 from btcxr.experiment.markers import Role, is_done, mark_done, must_run, stage_lock
 from btcxr.experiment.plan import CachePrep, FrozenDict, Plan, Pretraining, Synthesis, slot, stage_config
-from btcxr.experiment.spec import Experiment, fingerprint
+from btcxr.experiment.spec import Experiment, StageSection, fingerprint
+from btcxr.pretrain.config import LIGHTLY_METHODS
 
 log = logging.getLogger(__name__)
+
+
+def method_section(exp: Experiment, method: str) -> StageSection:
+    """The config and overrides of another self-supervised method's pre-training (init spec `method`):
+    its section's config, else pretrain.config, with pretrain.overrides, method=<method>, then its own."""
+    own = getattr(exp, method)
+    return StageSection(config=own.config or exp.pretrain.config,
+                        overrides=[*exp.pretrain.overrides, f"method={method}", *own.overrides])
 
 
 # ------------------------------------------------------------------------------ the ImageNet check
@@ -42,9 +51,11 @@ def archs(exp: Experiment, exp_path: Path) -> set[str]:
     from btcxr.detect.config import FinetuneConfig
     from btcxr.pretrain.config import PretrainConfig
 
+    specs = set(exp.inits.values())
     stages = [(exp.detection, FinetuneConfig, exp.finetune, "finetune"),
               (exp.probe.enabled, ProbeConfig, exp.probe, "probe"),
-              ("btcxr" in exp.inits.values() and not exp.pretrain.backbone, PretrainConfig, exp.pretrain, "pretrain")]
+              ("btcxr" in specs and not exp.pretrain.backbone, PretrainConfig, exp.pretrain, "pretrain"),
+              *((m in specs, PretrainConfig, method_section(exp, m), "pretrain") for m in LIGHTLY_METHODS)]
     return {load_config(cls, stage_config(exp_path, section.config, kind), section.overrides).model.arch
             for used, cls, section, kind in stages if used}
 
@@ -114,8 +125,8 @@ class PretrainPlan:
 
 def plan_pretrainings(exp: Experiment, exp_path: Path, out: Path, choice: InitChoice, *, nih_cache: Path | None,
                       data_key: str, natural: tuple[Synthesis, CachePrep] | None = None) -> PretrainPlan:
-    """The stand-in (when `natural` is given), our pre-training ("btcxr", unless a backbone file is given)
-    and the positive control ("supervised"), each when compared: their configs and fingerprints. Once for
+    """The stand-in (when `natural` is given), our pre-training ("btcxr", unless a backbone file is given),
+    the other methods ("vicreg", "simclr", "byol") and the positive control ("supervised"), each when compared: their configs and fingerprints. Once for
     all seeds, or with exp.pretrain_per_seed once per seed of the grid, with that seed (the stand-in of a
     seed is where that seed's other pre-trainings start)."""
     from btcxr.pretrain.config import PretrainConfig
@@ -133,7 +144,8 @@ def plan_pretrainings(exp: Experiment, exp_path: Path, out: Path, choice: InitCh
         backbones["btcxr"] = path
         keys["btcxr"] = fingerprint({"file": str(path), "bytes": stat.st_size, "mtime": stat.st_mtime})
 
-    shown = {"btcxr": "pretrain", "supervised": "pretrain (supervised)"}  # the configs the report shows
+    # the configs the report shows
+    shown = {"btcxr": "pretrain", "supervised": "pretrain (supervised)", **{m: f"pretrain ({m})" for m in LIGHTLY_METHODS}}
 
     def add(name: str, spec: str, config: Path | None, overrides: list[str], data: str, seed: int | None) -> None:
         cfg = start(load_config(PretrainConfig, config, [*overrides, *([f"seed={seed}"] if seed is not None else [])]),
@@ -169,6 +181,10 @@ def plan_pretrainings(exp: Experiment, exp_path: Path, out: Path, choice: InitCh
                 synthesis.key, seed)
         if "btcxr" in specs and not exp.pretrain.backbone:
             add("pretrain", "btcxr", base, [*exp.pretrain.overrides, f"data.cache={nih_cache}"], data_key, seed)
+        for method in (m for m in LIGHTLY_METHODS if m in specs):
+            section = method_section(exp, method)
+            add(f"pretrain_{method}", method, stage_config(exp_path, section.config, "pretrain"),
+                [*section.overrides, f"data.cache={nih_cache}"], data_key, seed)
         if "supervised" in specs:
             add("pretrain_supervised", "supervised", stage_config(exp_path, exp.supervised.config, "pretrain") or base,
                 [*exp.pretrain.overrides, "method=supervised", *exp.supervised.overrides, f"data.cache={nih_cache}"],

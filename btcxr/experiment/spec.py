@@ -85,9 +85,16 @@ class Experiment:
     # The positive control (init spec "supervised"): pretrain.config and overrides with method=supervised,
     # then these overrides; it starts where our pre-training starts.
     supervised: StageSection = field(default_factory=StageSection)
+    # The other self-supervised methods (init specs "vicreg", "simclr", "byol", through lightly): each its own
+    # config (default pretrain.config), with pretrain.overrides, then method=<spec>, then its overrides; each
+    # starts where our pre-training starts and runs on the same NIH cache.
+    vicreg: StageSection = field(default_factory=StageSection)
+    simclr: StageSection = field(default_factory=StageSection)
+    byol: StageSection = field(default_factory=StageSection)
     cross_domain: CrossDomainSection = field(default_factory=CrossDomainSection)
     finetune: StageSection = field(default_factory=StageSection)
-    # init name -> "imagenet" | "random" | "btcxr" (our pre-training) | "supervised" (the same backbone
+    # init name -> "imagenet" | "random" | "btcxr" (our pre-training) | "vicreg" | "simclr" | "byol" (the
+    # other methods, pre-trained on the same data) | "supervised" (the same backbone
     # pre-trained with the NIH labels: the benchmark's positive control) | a backbone file
     inits: dict[str, str] = field(default_factory=lambda: {"imagenet": "imagenet", "btcxr": "btcxr",
                                                            "random": "random"})

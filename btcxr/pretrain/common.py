@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,9 +19,11 @@ from btcxr.engine.runlog import MetricsLog
 from btcxr.engine.runtime import grad_scaler
 from btcxr.engine.schedule import warmup_cosine
 from btcxr.errors import BtcxrError
+from btcxr.pretrain.batched_views import BatchedViews
 from btcxr.pretrain.config import PretrainConfig
 from btcxr.pretrain.lars import LARS, lars_param_groups
 from btcxr.pretrain.monitor import MonitorSet
+from btcxr.pretrain.views import model_input
 
 BACKBONE = "backbone.pth"
 log = logging.getLogger(__name__)
@@ -99,3 +102,16 @@ def monitor_when_due(monitor: MonitorSet | None, metrics: MetricsLog | None, cfg
     if metrics is not None:
         metrics.log(step, "monitor", **row)
     log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+
+
+def device_views(batch: Any, batched: BatchedViews | None, cfg: PretrainConfig, env: DistEnv,
+                 step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's two views on the device, as the model takes them: from the loader's pair, or made from
+    the loader's uint8 images by the batched views (views.on_gpu)."""
+    if batched is None:
+        v1, v2 = (b.to(env.device, non_blocking=True) for b in batch)
+    else:  # augment on the device; the draw is a pure function of (seed, rank, step), as the loader's
+        gen = torch.Generator(device=env.device)
+        gen.manual_seed(int(np.random.SeedSequence([cfg.seed, 1, env.rank, step]).generate_state(1)[0]))
+        v1, v2 = batched(batch.to(env.device, non_blocking=True), gen)
+    return model_input(v1, cfg.channels_last), model_input(v2, cfg.channels_last)

@@ -15,8 +15,11 @@ from btcxr.errors import BtcxrError
 
 POLICIES = ("paper", "radiograph")
 # barlow_twins: the method; supervised: the same backbone trained with the NIH labels of the cache (BCE over
-# the 15 labels), the benchmark's positive control. Both write the same backbone.pth.
-METHODS = ("barlow_twins", "supervised")
+# the 15 labels), the benchmark's positive control; vicreg, simclr, byol: the other self-supervised methods,
+# their losses, heads and momentum updates from lightly (the `btcxr[methods]` extra). All write the same
+# backbone.pth.
+LIGHTLY_METHODS = ("vicreg", "simclr", "byol")
+METHODS = ("barlow_twins", "supervised", *LIGHTLY_METHODS)
 
 
 @dataclass
@@ -104,6 +107,28 @@ class DataConfig:
 
 
 @dataclass
+class VICRegConfig:
+    """VICReg (Bardes, Ponce and LeCun, ICLR 2022): the three coefficients of its ResNet-50 recipe."""
+    sim_coeff: float = 25.0  # lambda: invariance (mean squared distance of the two views' embeddings)
+    std_coeff: float = 25.0  # mu: variance (hinge on each dimension's std, at 1)
+    cov_coeff: float = 1.0   # nu: covariance (off-diagonal covariances squared, over the dimension)
+
+
+@dataclass
+class SimCLRConfig:
+    """SimCLR (Chen et al., ICML 2020): the NT-Xent temperature of its ImageNet runs."""
+    temperature: float = 0.1
+
+
+@dataclass
+class BYOLConfig:
+    """BYOL (Grill et al., NeurIPS 2020): the target network's momentum goes from momentum_base to 1 on a
+    cosine over the run; the predictor is Linear-BN-ReLU-Linear back to the projector's output width."""
+    momentum_base: float = 0.996
+    predictor_hidden: int = 4096
+
+
+@dataclass
 class PretrainConfig:
     # The five run settings every training command has, in the same place (engine vocabulary).
     seed: int = 0
@@ -112,8 +137,11 @@ class PretrainConfig:
     log_every: int = 10  # steps between metrics rows
     tensorboard: bool = True
     name: str = "pretrain"
-    method: str = "barlow_twins"  # barlow_twins | supervised (projector and lambd unused)
-    lambd: float = 0.0051  # weight of the off-diagonal terms
+    method: str = "barlow_twins"  # barlow_twins | supervised | vicreg | simclr | byol
+    lambd: float = 0.0051  # Barlow Twins: weight of the off-diagonal terms
+    vicreg: VICRegConfig = field(default_factory=VICRegConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    byol: BYOLConfig = field(default_factory=BYOLConfig)
     channels_last: bool = True
     compile: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -150,6 +178,16 @@ class PretrainConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "supervised" and self.views.on_gpu:
             raise ValueError("method=supervised makes its views on the loader: set views.on_gpu=false")
+        widths = [int(w) for w in self.model.projector]
+        # lightly's heads: hidden layers of one width, then the output (BYOL: one hidden layer).
+        if self.method in ("vicreg", "simclr") and (len(widths) < 2 or len(set(widths[:-1])) > 1):
+            raise ValueError(f"method={self.method} needs model.projector = [hidden, ..., hidden, output] with "
+                             f"at least two widths and one hidden width, got {widths}")
+        if self.method == "byol" and len(widths) != 2:
+            raise ValueError(f"method=byol needs model.projector = [hidden, output], got {widths}")
+        if self.simclr.temperature <= 0 or not 0 <= self.byol.momentum_base <= 1 or self.byol.predictor_hidden < 1:
+            raise ValueError("simclr.temperature must be positive, byol.momentum_base in [0, 1] and "
+                             "byol.predictor_hidden positive")
 
 
 def check_world(cfg: PretrainConfig, world_size: int) -> int:

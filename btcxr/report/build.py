@@ -265,12 +265,16 @@ def _setting_words(setting: dict) -> str:
 # benchmark cannot see transfer and says nothing about the method.
 POSITIVE_CONTROL = "supervised"
 CROSS_DOMAIN = "imagenet"
+OTHER_METHODS = ("vicreg", "simclr", "byol")  # the other self-supervised methods, named as their init specs
 
 
 def _comparisons(inits: Sequence[str], baseline: str, candidate: str) -> list[tuple[str, str, str]]:
     """(init, compared with, what the comparison asks) for the summary: the method against the baseline,
-    the method against the cross-domain init it starts from, and the positive control against the baseline."""
+    the method against the cross-domain init it starts from, every other self-supervised method against the
+    baseline, and the positive control against the baseline."""
     pairs = [(candidate, baseline, "")]
+    pairs += [(m, baseline, "Another self-supervised method, on the same data.") for m in OTHER_METHODS
+              if m in inits and m not in (baseline, candidate)]
     if CROSS_DOMAIN in inits and CROSS_DOMAIN != baseline and candidate != CROSS_DOMAIN:
         pairs.append((candidate, CROSS_DOMAIN, "Does pre-training on radiographs add to the cross-domain init?"))
     if POSITIVE_CONTROL in inits and POSITIVE_CONTROL != baseline:

@@ -21,8 +21,9 @@ from btcxr.report.stats import mean_ci
 from btcxr.report.tables import fmt_fraction
 
 # Fixed colours for the usual inits so every figure of a report (and of two reports) agrees.
-KNOWN_COLOURS = {"imagenet": "#1f77b4", "btcxr": "#d62728", "random": "#7f7f7f"}
-OTHER_COLOURS = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+KNOWN_COLOURS = {"imagenet": "#1f77b4", "btcxr": "#d62728", "random": "#7f7f7f", "vicreg": "#2ca02c",
+                 "simclr": "#9467bd", "byol": "#ff7f0e"}
+OTHER_COLOURS = ["#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79", "#637939"]
 DPI = 110
 
 

@@ -10,9 +10,7 @@ import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +27,7 @@ from btcxr.pretrain.barlow_twins.model import BarlowTwins, Embeddings, embedding
 from btcxr.pretrain.batched_views import BatchedViews
 from btcxr.pretrain.common import (
     checkpoint_when_due,
+    device_views,
     lr_schedules,
     monitor_when_due,
     open_monitor,
@@ -39,7 +38,7 @@ from btcxr.pretrain.common import (
 from btcxr.pretrain.config import PretrainConfig, check_world
 from btcxr.pretrain.data import build_loader
 from btcxr.pretrain.lars import LARS
-from btcxr.pretrain.views import loader_transform, model_input
+from btcxr.pretrain.views import loader_transform
 
 log = logging.getLogger(__name__)
 KIND = "btcxr-pretrain"
@@ -80,7 +79,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
         for epoch in range(step // steps_per_epoch, cfg.optim.epochs):
             loader.sampler.set_epoch(epoch, skip=(step - epoch * steps_per_epoch) * per_rank)
             for batch in loader:
-                y1, y2 = _device_views(batch, batched, cfg, env, step)
+                y1, y2 = device_views(batch, batched, cfg, env, step)
                 check = partial(run.check_finite, step=step, epoch=epoch, hint=NON_FINITE_HINT)
                 emb, terms = train_step(fwd, optimizer, scaler, y1, y2, (lr_w[step], lr_b[step]), cfg, env, check)
                 step += 1
@@ -134,14 +133,3 @@ def build_model(cfg: PretrainConfig, fresh: bool = True) -> BarlowTwins:
     backbone = build_resnet(m.arch, init=init, weights_file=m.weights_file,
                             imagenet_weights=m.imagenet_weights)
     return BarlowTwins(backbone, FEATURE_DIM[m.arch], m.projector)
-
-
-def _device_views(batch: Any, batched: BatchedViews | None, cfg: PretrainConfig, env: DistEnv,
-                  step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if batched is None:
-        v1, v2 = (b.to(env.device, non_blocking=True) for b in batch)
-    else:  # augment on the device; the draw is a pure function of (seed, rank, step), as the loader's
-        gen = torch.Generator(device=env.device)
-        gen.manual_seed(int(np.random.SeedSequence([cfg.seed, 1, env.rank, step]).generate_state(1)[0]))
-        v1, v2 = batched(batch.to(env.device, non_blocking=True), gen)
-    return model_input(v1, cfg.channels_last), model_input(v2, cfg.channels_last)
