@@ -1,4 +1,5 @@
-"""`btcxr pretrain`: Barlow Twins self-supervised pre-training of a ResNet on a prepared image cache."""
+"""`btcxr pretrain`: Barlow Twins (or VICReg, SimCLR, BYOL) self-supervised pre-training of a ResNet on a
+prepared image cache."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ ResNet-18/34/50 from ImageNet weights, random or a checkpoint; projector and aff
 cross-correlation loss over the global batch; LARS with warm-up and cosine; AMP; the paper's views or
 radiograph-aware ones, on the loader workers or batched on the GPU (views.on_gpu=true).
 
+Other methods on the same pipeline: method=vicreg|simclr|byol (losses, heads and BYOL's momentum update from
+lightly: pip install 'btcxr[methods]'; packaged recipes --config vicreg|simclr|byol and *_demo), and
+method=supervised (the same backbone trained with the cache's labels: a positive control).
+
 One process or many: launch it with torchrun for several GPUs or nodes (DDP, SyncBatchNorm, the global
 batch split over the ranks, correct gradients).
 
@@ -24,6 +29,9 @@ EPILOG = """\
 examples:
   # the paper's run (ResNet-50, batch 768, 800 epochs, bf16) on one GPU
   btcxr pretrain --config paper data.cache=/data/cache/nih224
+
+  # BYOL with its paper's ResNet-50 recipe on the same data (lightly)
+  btcxr pretrain --config byol data.cache=/data/cache/nih224 --out runs/pretrain/byol
 
   # the same on 2 nodes x 8 GPUs (run on every node; the global batch stays 768)
   torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\

@@ -17,26 +17,14 @@ from lightly.models.modules.heads import SimCLRProjectionHead
 from torch import nn
 
 from btcxr.pretrain.config import PretrainConfig
-from btcxr.pretrain.two_view import TwoViews
+from btcxr.pretrain.two_view import Projected, TwoViews
 
 
-class SimCLR(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int, widths: list[int]):
-        super().__init__()
-        self.backbone = backbone
-        self.projector = SimCLRProjectionHead(feature_dim, int(widths[0]), int(widths[-1]), num_layers=len(widths))
-
-    def forward(self, y1: torch.Tensor, y2: torch.Tensor) -> TwoViews:
-        return TwoViews(self.projector(self.backbone(y1)), self.projector(self.backbone(y2)))
-
-
-def build(cfg: PretrainConfig, backbone: nn.Module, feature_dim: int) -> SimCLR:
-    return SimCLR(backbone, feature_dim, cfg.model.projector)
+def build(cfg: PretrainConfig, backbone: nn.Module, feature_dim: int) -> Projected:
+    widths = cfg.model.projector
+    head = SimCLRProjectionHead(feature_dim, int(widths[0]), int(widths[-1]), num_layers=len(widths))
+    return Projected(backbone, head)
 
 
 def loss(out: TwoViews, cfg: PretrainConfig, distributed: bool = False) -> torch.Tensor:
     return NTXentLoss(temperature=cfg.simclr.temperature, gather_distributed=distributed)(out.z1, out.z2)
-
-
-def after_step(model: nn.Module, step: int, total: int, cfg: PretrainConfig) -> dict:
-    return {}

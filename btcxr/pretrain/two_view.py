@@ -6,6 +6,7 @@ and backbone.pth (pretrain/common.py).
 A method is a module (vicreg.py, simclr.py, byol.py) with
     build(cfg, backbone, feature_dim) -> nn.Module   .backbone, .projector; forward(y1, y2) -> TwoViews
     loss(out: TwoViews, cfg, distributed) -> Tensor  fp32; over the global batch when `distributed`
+and optionally
     after_step(model, step, total, cfg) -> dict      after each optimizer step (BYOL: the target's momentum
                                                      update); what it returns goes into the metrics row
 
@@ -65,6 +66,18 @@ class TwoViews(NamedTuple):
     t2: torch.Tensor | None = None
 
 
+class Projected(nn.Module):
+    """A backbone and a projection head, each view through both: the model of VICReg and SimCLR."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+
+    def forward(self, y1: torch.Tensor, y2: torch.Tensor) -> TwoViews:
+        return TwoViews(self.projector(self.backbone(y1)), self.projector(self.backbone(y2)))
+
+
 def method_module(name: str) -> ModuleType:
     """The module of a lightly method, with a clear error when the optional extra is not installed."""
     try:
@@ -78,6 +91,7 @@ def method_module(name: str) -> ModuleType:
 def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
     """cfg.method (vicreg | simclr | byol) into the run folder `out`; returns the path of backbone.pth."""
     method = method_module(cfg.method)
+    after_step = getattr(method, "after_step", lambda *args: {})
     per_rank = check_world(cfg, env.world_size)
     run = RunDir(out, cfg, env, kind=f"btcxr-pretrain-{cfg.method}", resume=resume)
     loader = build_loader(cfg, env, loader_transform(cfg.views, cfg.model.size), per_rank)  # data problems surface first
@@ -114,7 +128,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool, env: DistEnv) -> Path:
                 check = partial(run.check_finite, step=step, epoch=epoch, hint=NON_FINITE_HINT)
                 out, loss = train_step(fwd, method, optimizer, scaler, y1, y2, (lr_w[step], lr_b[step]), cfg, env,
                                        check)
-                extra = method.after_step(model, step, total, cfg)
+                extra = after_step(model, step, total, cfg)
                 step += 1
                 if progress.update(step, items=cfg.optim.batch_size):
                     _log_row(progress, step, epoch, out, loss, optimizer, extra, cfg)

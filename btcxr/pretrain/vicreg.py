@@ -18,21 +18,13 @@ from lightly.models.modules.heads import VICRegProjectionHead
 from torch import nn
 
 from btcxr.pretrain.config import PretrainConfig
-from btcxr.pretrain.two_view import TwoViews
+from btcxr.pretrain.two_view import Projected, TwoViews
 
 
-class VICReg(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int, widths: list[int]):
-        super().__init__()
-        self.backbone = backbone
-        self.projector = VICRegProjectionHead(feature_dim, int(widths[0]), int(widths[-1]), num_layers=len(widths))
-
-    def forward(self, y1: torch.Tensor, y2: torch.Tensor) -> TwoViews:
-        return TwoViews(self.projector(self.backbone(y1)), self.projector(self.backbone(y2)))
-
-
-def build(cfg: PretrainConfig, backbone: nn.Module, feature_dim: int) -> VICReg:
-    return VICReg(backbone, feature_dim, cfg.model.projector)
+def build(cfg: PretrainConfig, backbone: nn.Module, feature_dim: int) -> Projected:
+    widths = cfg.model.projector
+    head = VICRegProjectionHead(feature_dim, int(widths[0]), int(widths[-1]), num_layers=len(widths))
+    return Projected(backbone, head)
 
 
 def loss(out: TwoViews, cfg: PretrainConfig, distributed: bool = False) -> torch.Tensor:
@@ -40,7 +32,3 @@ def loss(out: TwoViews, cfg: PretrainConfig, distributed: bool = False) -> torch
     fn = VICRegLoss(lambda_param=c.sim_coeff, mu_param=c.std_coeff, nu_param=c.cov_coeff,
                     gather_distributed=distributed)
     return fn(out.z1, out.z2)
-
-
-def after_step(model: nn.Module, step: int, total: int, cfg: PretrainConfig) -> dict:
-    return {}
