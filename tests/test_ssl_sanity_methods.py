@@ -1,7 +1,7 @@
 """benchmarks/ssl_sanity.py, reduced (one seed, 128 steps at 32 px), for the lightly methods: VICReg and
 SimCLR through `btcxr pretrain` must beat the random features of their own init on the shapes. BYOL does not
-at this length (docs/results.md: it needs the full benchmark's steps, and even there it is reported, not
-assumed), so it is not asserted here; its loss, target and momentum are tested in test_ssl_methods.py."""
+beat them on this benchmark, at this length or the full one (docs/results.md), so it is not asserted here;
+its loss, target, momentum and resume are tested in test_ssl_methods.py and test_kill_matrix.py."""
 
 from __future__ import annotations
 
